@@ -1,0 +1,174 @@
+"""Reading what programs send: perf buffers, ring buffers and bpf_trace_printk.
+
+Records are kept as raw bytes, one chunk per record, and decoded in bulk at the
+end (``frames.decode``); no Python object is built per field. Losses are
+counted, never silent: a perf buffer reports the records it dropped, and for a
+ring buffer the program's own failed writes are counted in the kernel
+(``program.count_ringbuf_losses``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import frames, probes
+
+DEFAULT_PERF_PAGES = 64  # per CPU: 256 KiB with 4 KiB pages
+PERF_WAKEUP_EVENTS = 32  # batch wake-ups instead of one per record
+
+
+@dataclass
+class Channel:
+    """One BPF_PERF_OUTPUT or BPF_RINGBUF_OUTPUT table of the program."""
+
+    name: str
+    kind: str  # "perf" or "ring"
+    dtype: np.dtype | None
+    chunks: list = field(default_factory=list)
+    received: int = 0
+    lost: int = 0
+    limit: int | None = None  # keep at most this many records (--max-events)
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.received >= self.limit
+
+    def _keep(self, data, size: int) -> None:
+        if self.full:
+            return
+        self.received += 1
+        itemsize = self.dtype.itemsize if self.dtype is not None else size
+        raw = ctypes.string_at(data, min(size, itemsize))
+        if len(raw) < itemsize:  # a shorter record than the struct: pad with zeros
+            raw += bytes(itemsize - len(raw))
+        self.chunks.append(raw)
+
+    def open(self, bpf, perf_pages: int = DEFAULT_PERF_PAGES) -> None:
+        table = bpf[self.name]
+        if self.kind == "perf":
+
+            def on_record(cpu, data, size):
+                self._keep(data, size)
+
+            def on_lost(count):
+                self.lost += count
+
+            table.open_perf_buffer(
+                on_record, page_cnt=perf_pages, lost_cb=on_lost, wakeup_events=PERF_WAKEUP_EVENTS
+            )
+        else:
+
+            def on_record(ctx, data, size):
+                self._keep(data, size)
+                return 0
+
+            table.open_ring_buffer(on_record)
+
+    def frame(self, wall_offset_ns: int | None):
+        import pandas as pd
+
+        if self.dtype is None:
+            return pd.DataFrame({"bytes": self.chunks})
+        return frames.decode(self.chunks, self.dtype, wall_offset_ns)
+
+
+def poll(bpf, channels: list[Channel], timeout_ms: int) -> None:
+    """Wait up to ``timeout_ms`` for records and read what is there."""
+    perf = [c for c in channels if c.kind == "perf"]
+    ring = [c for c in channels if c.kind == "ring"]
+    share = max(1, timeout_ms // (bool(perf) + bool(ring) or 1))
+    if perf:
+        bpf.perf_buffer_poll(timeout=share)
+        bpf.perf_buffer_consume()  # records below the wake-up batch size
+    if ring:
+        bpf.ring_buffer_poll(timeout=share)
+    if not perf and not ring:
+        time.sleep(timeout_ms / 1000)
+
+
+def drain(bpf, channels: list[Channel]) -> None:
+    """Read everything still in the buffers, after the probes are detached."""
+    if any(c.kind == "perf" for c in channels):
+        bpf.perf_buffer_consume()
+    if any(c.kind == "ring" for c in channels):
+        bpf.ring_buffer_consume()
+
+
+def ringbuf_losses(bpf, lost_map: str, ring_channels: list[Channel]) -> None:
+    """Failed ring-buffer writes the program counted, per buffer, summed over CPUs."""
+    table = bpf[lost_map]
+    for index, channel in enumerate(ring_channels):
+        values = table[ctypes.c_int(index)]
+        channel.lost = int(sum(v for v in values))
+
+
+# ---------------------------------------------------------------- bpf_trace_printk
+
+_PRINTK = re.compile(
+    r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?(?P<ts>\d+\.\d+):\s+"
+    r"(?:bpf_trace_printk|\w+):\s?(?P<msg>.*)$"
+)
+
+
+class PrintkReader:
+    """Non-blocking reader of trace_pipe, where bpf_trace_printk() writes."""
+
+    def __init__(self) -> None:
+        base = probes.tracefs()
+        path = os.path.join(str(base or "/sys/kernel/debug/tracing"), "trace_pipe")
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self.partial = b""
+        self.rows: list[tuple] = []
+        self.discard()
+
+    def discard(self) -> None:
+        """Drop what earlier programs left in the pipe."""
+        self._read(keep=False)
+
+    def _read(self, keep: bool = True) -> None:
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.EAGAIN:
+                    return
+                raise
+            if not data:
+                return
+            if not keep:
+                continue
+            data = self.partial + data
+            *lines, self.partial = data.split(b"\n")
+            for line in lines:
+                m = _PRINTK.match(line.decode("utf-8", "replace"))
+                if m:
+                    self.rows.append(
+                        (float(m["ts"]), int(m["pid"]), m["comm"].strip(), int(m["cpu"]), m["msg"])
+                    )
+
+    def read(self) -> None:
+        self._read(keep=True)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def frame(self, wall_offset_ns: int | None):
+        import pandas as pd
+
+        df = pd.DataFrame(self.rows, columns=["ts", "pid", "comm", "cpu", "message"])
+        if wall_offset_ns is not None and not df.empty:
+            # trace_pipe's clock is the monotonic-like trace clock, in seconds.
+            df["time"] = pd.to_datetime((df["ts"] * 1e9).astype("i8") + wall_offset_ns, unit="ns")
+            df = df[["time", "pid", "comm", "cpu", "message"]]
+        return df

@@ -1,0 +1,321 @@
+"""From the kernel's bytes to DataFrames: events, maps, histograms, stacks.
+
+Event records are decoded in bulk: the C struct's layout (as BCC's frontend
+recorded it) becomes a numpy dtype, the records one array, each field one
+column. Char arrays become strings, repeated strings (command names) become
+categoricals, and kernel timestamps become wall-clock times.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import time
+
+import numpy as np
+
+# C type spellings BCC reports for event fields -> numpy scalar types.
+_C_TYPES = {
+    "char": "i1",
+    "s8": "i1",
+    "signed char": "i1",
+    "__s8": "i1",
+    "unsigned char": "u1",
+    "u8": "u1",
+    "__u8": "u1",
+    "bool": "u1",
+    "_Bool": "u1",
+    "short": "i2",
+    "s16": "i2",
+    "__s16": "i2",
+    "short int": "i2",
+    "unsigned short": "u2",
+    "u16": "u2",
+    "__u16": "u2",
+    "unsigned short int": "u2",
+    "int": "i4",
+    "s32": "i4",
+    "__s32": "i4",
+    "enum": "i4",
+    "pid_t": "i4",
+    "unsigned int": "u4",
+    "u32": "u4",
+    "__u32": "u4",
+    "unsigned": "u4",
+    "uid_t": "u4",
+    "gid_t": "u4",
+    "long": "i8",
+    "long int": "i8",
+    "s64": "i8",
+    "__s64": "i8",
+    "long long": "i8",
+    "long long int": "i8",
+    "unsigned long": "u8",
+    "unsigned long int": "u8",
+    "u64": "u8",
+    "__u64": "u8",
+    "unsigned long long": "u8",
+    "unsigned long long int": "u8",
+    "size_t": "u8",
+    "void *": "u8",
+    "char *": "u8",
+    "const char *": "u8",
+    "u8 *": "u8",
+}
+_ARRAY = re.compile(r"^(.*?)\s*\[(\d+)\]$")
+_TIMESTAMP = re.compile(r"^(ts|timestamp|time_ns|ts_ns|.*_ts|ts_.*)$")
+
+
+class LayoutError(Exception):
+    pass
+
+
+def _scalar(ctype: str) -> np.dtype:
+    ctype = ctype.strip()
+    if ctype.startswith("enum "):
+        ctype = "enum"
+    if ctype.endswith("*"):
+        return np.dtype("u8")
+    try:
+        return np.dtype(_C_TYPES[ctype])
+    except KeyError:
+        raise LayoutError(f"field type {ctype!r} is not supported in events") from None
+
+
+def _align(offset: int, alignment: int) -> int:
+    return (offset + alignment - 1) // alignment * alignment
+
+
+def event_dtype(fields: list[tuple[str, str]]) -> np.dtype:
+    """The numpy dtype of a C struct given as (name, C type) pairs, with C's padding."""
+    names, formats, offsets = [], [], []
+    offset, max_align = 0, 1
+    for name, ctype in fields:
+        m = _ARRAY.match(ctype)
+        if m:
+            base = _scalar(m.group(1))
+            count = int(m.group(2))
+            if base.itemsize == 1 and m.group(1).strip() in (
+                "char",
+                "s8",
+                "signed char",
+                "unsigned char",
+                "u8",
+            ):
+                fmt = np.dtype(f"S{count}") if "char" in m.group(1) else np.dtype((base, count))
+            else:
+                fmt = np.dtype((base, count))
+            align = base.alignment
+        else:
+            fmt = _scalar(ctype)
+            align = fmt.alignment
+        offset = _align(offset, align)
+        names.append(name)
+        formats.append(fmt)
+        offsets.append(offset)
+        offset += fmt.itemsize
+        max_align = max(max_align, align)
+    return np.dtype(
+        {
+            "names": names,
+            "formats": formats,
+            "offsets": offsets,
+            "itemsize": _align(offset, max_align),
+        }
+    )
+
+
+def event_fields(bcc, bpf, table_name: str) -> list[tuple[str, str]]:
+    """The struct that the program sends through ``table_name``, as BCC recorded it."""
+    lib = bcc.libbcc.lib
+    name = table_name.encode()
+    count = lib.bpf_perf_event_fields(bpf.module, name)
+    out = []
+    for i in range(count):
+        field = lib.bpf_perf_event_field(bpf.module, name, i).decode()
+        fname, _, ftype = field.partition("#")
+        out.append((fname, ftype))
+    return out
+
+
+def monotonic_to_wall_ns() -> int:
+    """Offset that turns CLOCK_MONOTONIC ns (bpf_ktime_get_ns) into Unix-epoch ns."""
+    a = time.time_ns()
+    m = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    b = time.time_ns()
+    return (a + b) // 2 - m
+
+
+def decode_strings(column: np.ndarray):
+    """Bytes columns (char arrays) as text, cut at the first NUL."""
+    import pandas as pd
+
+    # numpy's S dtype drops trailing NULs but not bytes after the first one.
+    values = [v.split(b"\0", 1)[0].decode("utf-8", "replace") for v in column.tolist()]
+    series = pd.Series(values, dtype="object")
+    if len(series) > 32 and series.nunique() <= max(1, len(series) // 4):
+        return series.astype("category")
+    return series
+
+
+def records_frame(records: np.ndarray, wall_offset_ns: int | None = None):
+    """A DataFrame from decoded records: one column per field."""
+    import pandas as pd
+
+    columns = {}
+    for name in records.dtype.names:
+        col = records[name]
+        if col.dtype.kind == "S":
+            columns[name] = decode_strings(col)
+        elif col.ndim > 1:
+            columns[name] = list(col)
+        elif _TIMESTAMP.match(name) and col.dtype.kind in "iu" and wall_offset_ns is not None:
+            columns[name] = pd.to_datetime(col.astype("i8") + wall_offset_ns, unit="ns")
+        else:
+            columns[name] = col
+    return pd.DataFrame(columns)
+
+
+def decode(chunks: list[bytes], dtype: np.ndarray, wall_offset_ns: int | None = None):
+    data = b"".join(chunks)
+    n = len(data) // dtype.itemsize
+    records = np.frombuffer(data, dtype=dtype, count=n)
+    return records_frame(records, wall_offset_ns)
+
+
+# ---------------------------------------------------------------- maps
+
+# bcc's map type numbers (linux/bpf.h)
+HASH, ARRAY, PROG_ARRAY, PERF_EVENT_ARRAY, PERCPU_HASH, PERCPU_ARRAY, STACK_TRACE = range(1, 8)
+LRU_HASH, LRU_PERCPU_HASH = 9, 10
+RINGBUF = 27
+
+
+def _ctype_columns(value, prefix: str) -> dict:
+    """Flatten a ctypes value (scalar, struct, array) into named Python values."""
+    if isinstance(value, ctypes.Structure) or isinstance(value, ctypes.Union):
+        out = {}
+        for fname, _ftype in value._fields_:
+            out.update(_ctype_columns(getattr(value, fname), fname))
+        return out
+    if isinstance(value, ctypes.Array):
+        if value._type_ in (ctypes.c_char, ctypes.c_byte, ctypes.c_ubyte):
+            return {prefix: bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace")}
+        return {prefix: list(value)}
+    if isinstance(value, bytes):  # c_char arrays come back as bytes
+        return {prefix: value.split(b"\0", 1)[0].decode("utf-8", "replace")}
+    if hasattr(value, "value"):
+        return {prefix: value.value}
+    return {prefix: value}
+
+
+def map_frame(table, map_type: int, ncpus: int):
+    """A hash or array map as a DataFrame: key columns, then value columns."""
+    import pandas as pd
+
+    rows = []
+    percpu = map_type in (PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH)
+    for k, v in table.items():
+        row = _ctype_columns(k, "key")
+        if percpu:
+            values = [int(x.value if hasattr(x, "value") else x) for x in v][:ncpus]
+            for cpu, x in enumerate(values):
+                row[f"cpu{cpu}"] = x
+            row["value"] = sum(values)
+        else:
+            row.update(_ctype_columns(v, "value"))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    if map_type in (ARRAY, PERCPU_ARRAY):
+        return df.sort_values(list(df.columns[:1])).reset_index(drop=True)
+    if "value" in df.columns and pd.api.types.is_numeric_dtype(df["value"]):
+        return df.sort_values("value", ascending=False, kind="stable").reset_index(drop=True)
+    return df
+
+
+def histogram_frame(table, kind: str):
+    """A BPF_HISTOGRAM as bucket bounds and counts (log2 or linear buckets).
+
+    log2 buckets follow bcc's bpf_log2l(): bucket i holds values from 2**(i-1) to
+    2**i - 1, and bucket 1 also holds 0.
+    """
+    import pandas as pd
+
+    counts: dict = {}
+    sections: set = set()
+    for k, v in table.items():
+        key = _ctype_columns(k, "key")
+        slot_name = "slot" if "slot" in key else "key"
+        slot = int(key.pop(slot_name))
+        section = tuple(key.items())
+        sections.add(section)
+        counts[(section, slot)] = counts.get((section, slot), 0) + int(v.value)
+    rows = []
+    for section in sorted(sections):
+        slots = [s for (sec, s), c in counts.items() if sec == section and c]
+        if not slots:
+            continue
+        for slot in range(min(slots), max(slots) + 1):
+            if kind == "log2":
+                low, high = (1 << slot) >> 1, (1 << slot) - 1
+                if low == high:
+                    low = max(low - 1, 0)
+            else:
+                low = high = slot
+            row = dict(section)
+            row.update(low=low, high=high, count=counts.get((section, slot), 0))
+            rows.append(row)
+    return pd.DataFrame(
+        rows,
+        columns=[
+            *(k for k, _ in (sorted(sections)[0] if sections else ())),
+            "low",
+            "high",
+            "count",
+        ],
+    )
+
+
+def symbolize_stack(bpf, stacks_table, stack_id: int, pid: int | None, kernel: bool) -> str:
+    """A stack as folded frames, root first: ``main;work;compute``."""
+    if stack_id < 0:
+        return "[lost stack]" if stack_id != -14 else "[no stack: EFAULT]"
+    try:
+        addresses = list(stacks_table.walk(stack_id))
+    except KeyError:
+        return "[stack evicted]"
+    names = []
+    for addr in addresses:
+        if kernel:
+            sym = bpf.ksym(addr, show_offset=False)
+        else:
+            sym = bpf.sym(addr, pid if pid is not None else -1, show_module=False)
+        names.append(sym.decode("utf-8", "replace") if isinstance(sym, bytes) else str(sym))
+    return ";".join(reversed(names))
+
+
+def add_stacks(df, bpf, stacks_table):
+    """For each stack-id column (``kernel_stack_id``, ``user_stack_id``...), its frames."""
+    if df is None or df.empty:
+        return df
+    pid_col = next((c for c in ("tgid", "pid", "key") if c in df.columns), None)
+    for col in list(df.columns):
+        if "stack" not in col or not col.endswith("id"):
+            continue
+        kernel = "user" not in col
+        frames = [
+            symbolize_stack(
+                bpf,
+                stacks_table,
+                int(sid),
+                int(row_pid) if pid_col and not kernel else None,
+                kernel,
+            )
+            for sid, row_pid in zip(df[col], df[pid_col] if pid_col else [None] * len(df))
+        ]
+        df[
+            col.replace("_id", "").replace("id", "") + "_frames" if col != "stack_id" else "stack"
+        ] = frames
+    return df

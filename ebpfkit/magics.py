@@ -1,0 +1,208 @@
+"""``%%bpf``: the cell's C, traced live; the magic only parses and delegates."""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from IPython.core.magic import Magics, cell_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Float, Int
+from traitlets.config import Configurable
+
+from .errors import BadArguments
+from .session import Session, load
+
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read_file(path: str) -> str:
+    for candidate in (path, os.path.join(_PROJECT, path), os.path.join(_PROJECT, "bpf", path)):
+        if os.path.isfile(candidate):
+            with open(candidate) as f:
+                return f.read()
+    raise BadArguments(f"--file {path}: no such file (looked here and in {_PROJECT}/bpf)")
+
+
+def _hist(values: list[str] | None) -> dict[str, str]:
+    out = {}
+    for v in values or []:
+        name, _, kind = v.partition("=")
+        if kind not in ("log2", "linear"):
+            raise BadArguments(f"--hist {v!r}: give NAME=log2 or NAME=linear")
+        out[name] = kind
+    return out
+
+
+@magics_class
+class BpfMagics(Magics, Configurable):
+    """The ``%%bpf`` cell magic. Settings: ``%config BpfMagics.duration = 10``."""
+
+    duration = Float(5.0, help="Seconds to trace when neither --duration nor --run is given.").tag(
+        config=True
+    )
+    buffer_pages = Int(64, help="Pages per CPU for each perf buffer (a power of two).").tag(
+        config=True
+    )
+
+    def __init__(self, shell):
+        Configurable.__init__(self, config=shell.config)
+        Magics.__init__(self, shell=shell)
+        self.shell.configurables.append(self)
+
+    @no_var_expand
+    @magic_arguments()
+    @argument(
+        "-k",
+        "--kprobe",
+        action="append",
+        metavar="FUNC[=fn]",
+        help="attach fn to the entry of kernel function FUNC, e.g. -k do_sys_openat2",
+    )
+    @argument(
+        "-K",
+        "--kretprobe",
+        action="append",
+        metavar="FUNC[=fn]",
+        help="attach fn to the return of kernel function FUNC",
+    )
+    @argument(
+        "-t",
+        "--tracepoint",
+        action="append",
+        metavar="CAT:EVENT[=fn]",
+        help="attach fn to a tracepoint, e.g. -t syscalls:sys_enter_openat",
+    )
+    @argument(
+        "-u",
+        "--uprobe",
+        action="append",
+        metavar="BIN:SYM[=fn]",
+        help="attach fn to a user function: a library name or path, then the symbol, "
+        "e.g. -u c:malloc or -u /bin/bash:readline",
+    )
+    @argument(
+        "-U",
+        "--uretprobe",
+        action="append",
+        metavar="BIN:SYM[=fn]",
+        help="attach fn to the return of a user function",
+    )
+    @argument(
+        "-P",
+        "--perf",
+        action="append",
+        metavar="EVENT[:HZ][=fn]",
+        help="sample on every CPU: cpu-clock (software) or cycles, instructions "
+        "(hardware, where present), e.g. -P cpu-clock:99",
+    )
+    @argument(
+        "-d",
+        "--duration",
+        type=float,
+        help="seconds to trace (default 5; with --run, until the command exits, at most 60)",
+    )
+    @argument(
+        "-r",
+        "--run",
+        metavar="COMMAND",
+        help="shell command started after the probes attach, e.g. --run 'ls; cat /etc/hostname'",
+    )
+    @argument("-n", "--max-events", type=int, help="stop after this many events")
+    @argument("-p", "--pid", type=int, help="only this process (checked in the kernel)")
+    @argument("-c", "--comm", help="only processes with this command name (checked in the kernel)")
+    @argument("-o", "--out", metavar="NAME", help="also store the result in this variable")
+    @argument(
+        "-f", "--file", help="run the C program in this file (e.g. bpf/hello.c) instead of the cell"
+    )
+    @argument("--buffer-pages", type=int, help="pages per CPU for perf buffers (power of two)")
+    @argument(
+        "--hist",
+        action="append",
+        metavar="MAP=log2|linear",
+        help="read MAP as a histogram of this kind (BPF_HISTOGRAM maps are found by themselves)",
+    )
+    @argument(
+        "--load-only",
+        action="store_true",
+        help="compile and load the programs into the kernel, but attach nothing",
+    )
+    @cell_magic
+    def bpf(self, line: str, cell: str):
+        """Compile the cell's C with BCC, attach it, trace, and return the result.
+
+        The result has ``events`` (a DataFrame from BPF_PERF_OUTPUT or
+        BPF_RINGBUF_OUTPUT records, one column per field of the C struct),
+        ``maps`` (each map as a DataFrame; histograms as bucket bounds and
+        counts), ``printk`` (bpf_trace_printk lines), ``lost`` (records dropped
+        per buffer) and ``duration``. It lands in ``_``; ``-o NAME`` stores it too.
+
+        Functions named the bcc way attach by themselves: ``kprobe__do_sys_openat2``,
+        ``kretprobe__...``, ``TRACEPOINT_PROBE(syscalls, sys_enter_openat)``,
+        ``RAW_TRACEPOINT_PROBE(sched_switch)``. Other functions attach with the
+        options; ``=fn`` picks the function when the cell has several.
+
+        Examples::
+
+            %%bpf --run "ls; cat /etc/hostname"
+            TRACEPOINT_PROBE(syscalls, sys_enter_execve) {
+                bpf_trace_printk("exec called by PID %d\\n", bpf_get_current_pid_tgid() >> 32);
+                return 0;
+            }
+
+            %%bpf -u c:malloc -d 2 -o mallocs
+            BPF_HASH(calls, u32, u64);
+            int count(struct pt_regs *ctx) {
+                u32 pid = bpf_get_current_pid_tgid() >> 32;
+                calls.increment(pid);
+                return 0;
+            }
+
+            %%bpf -P cpu-clock:99 -d 1
+            BPF_HASH(samples, u32, u64);
+            int on_sample(struct bpf_perf_event_data *ctx) {
+                u32 cpu = bpf_get_smp_processor_id();
+                samples.increment(cpu);
+                return 0;
+            }
+
+        Ctrl-C (or the notebook's stop button) ends the trace and keeps what it gathered.
+        """
+        try:
+            # shlex, not IPython's own split, so --run "ls; cat x" loses its quotes.
+            args = self.bpf.parser.parse_args(shlex.split(line))
+        except ValueError as e:
+            raise BadArguments(f"cannot read the options: {e}") from None
+        source = _read_file(args.file) if args.file else cell
+        if not source.strip():
+            raise BadArguments("the cell is empty: write a BPF C program, or give --file")
+        probes = {
+            "kprobe": args.kprobe,
+            "kretprobe": args.kretprobe,
+            "tracepoint": args.tracepoint,
+            "uprobe": args.uprobe,
+            "uretprobe": args.uretprobe,
+            "perf": args.perf,
+        }
+        if args.load_only:
+            names = load(source, **probes)
+            print("loaded into the kernel (not attached): " + (", ".join(names) or "all functions"))
+            return None
+        session = Session(
+            source,
+            **probes,
+            pid=args.pid,
+            comm=args.comm,
+            max_events=args.max_events,
+            perf_pages=args.buffer_pages or self.buffer_pages,
+            hist=_hist(args.hist),
+            on_warning=lambda text: print(f"warning: {text}", flush=True),
+        )
+        duration = (
+            args.duration if args.duration is not None else (None if args.run else self.duration)
+        )
+        with session:
+            result = session.run(duration=duration, workload=args.run)
+        if args.out:
+            self.shell.user_ns[args.out] = result
+        return result

@@ -1,0 +1,400 @@
+"""One program's life: compile, attach, run the workload, drain, always detach.
+
+    with Session(source, tracepoint=["syscalls:sys_enter_openat"]) as s:
+        result = s.run(duration=2)
+
+or in one call, ``trace(source, tracepoint=..., duration=...)``. Whatever ends
+the trace (time, workload exit, max events, Ctrl-C, an error), every probe is
+detached and every program and map closed before control returns.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+
+from . import attach, channels, frames, layout, program
+from ._bcc import bcc as _bcc
+from .errors import BadArguments, NotPermitted
+from .result import TraceResult
+
+DEFAULT_DURATION = 5.0  # seconds, when there is no workload to wait for
+WORKLOAD_LIMIT = 60.0  # seconds, the default cap while waiting for a workload
+MAX_DURATION = 3600.0
+POLL_MS = 50
+# Tables that are plumbing rather than results.
+_SKIP_TABLES = {frames.PERF_EVENT_ARRAY, frames.RINGBUF, frames.STACK_TRACE, frames.PROG_ARRAY}
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def require_privileges() -> None:
+    if os.geteuid() == 0:
+        return
+    from .check import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, capabilities
+
+    caps = capabilities()
+    if CAP_SYS_ADMIN in caps or {CAP_BPF, CAP_PERFMON} <= caps:
+        return
+    raise NotPermitted(
+        f"loading tracing programs needs root (or CAP_BPF and CAP_PERFMON); this process runs "
+        f"as uid {os.geteuid()} without them. Start Jupyter with the root kernel "
+        "(`make lab`), or run `sudo ebpfkit ...`."
+    )
+
+
+class Session:
+    """A compiled, attached program and what it has sent so far."""
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        kprobe: Iterable[str] | str | None = None,
+        kretprobe: Iterable[str] | str | None = None,
+        tracepoint: Iterable[str] | str | None = None,
+        uprobe: Iterable[str] | str | None = None,
+        uretprobe: Iterable[str] | str | None = None,
+        perf: Iterable[str] | str | None = None,
+        pid: int | None = None,
+        comm: str | None = None,
+        max_events: int | None = None,
+        perf_pages: int = channels.DEFAULT_PERF_PAGES,
+        hist: dict[str, str] | None = None,
+        cflags: Iterable[str] = (),
+        on_warning: Callable[[str], None] | None = None,
+    ):
+        self.source = source
+        self.specs = [
+            attach.parse(kind, text)
+            for kind, values in (
+                ("kprobe", kprobe),
+                ("kretprobe", kretprobe),
+                ("tracepoint", tracepoint),
+                ("uprobe", uprobe),
+                ("uretprobe", uretprobe),
+                ("perf", perf),
+            )
+            for text in _as_list(values)
+        ]
+        if comm is not None and len(comm.encode()) > 15:
+            raise BadArguments(f"--comm {comm!r}: the kernel keeps only 15 characters of a name")
+        if perf_pages <= 0 or perf_pages & (perf_pages - 1):
+            raise BadArguments(f"perf buffer pages must be a power of two, not {perf_pages}")
+        self.pid, self.comm = pid, comm
+        self.max_events = max_events
+        self.perf_pages = perf_pages
+        self.hist = dict(hist or {})
+        self.cflags = list(cflags)
+        self.on_warning = on_warning
+        self.warnings: list[str] = []
+        self.bpf = None
+        self.channels: list[channels.Channel] = []
+        self.printk: channels.PrintkReader | None = None
+        self.src: program.Source | None = None
+        self.started_at = 0.0
+        self.wall_offset = frames.monotonic_to_wall_ns()
+
+    # ------------------------------------------------------------ life cycle
+
+    def _warn(self, text: str) -> None:
+        self.warnings.append(text)
+        if self.on_warning:
+            self.on_warning(text)
+
+    def start(self) -> Session:
+        """Compile, open the buffers and attach every probe; on any failure, clean up."""
+        require_privileges()
+        bcc = _bcc()
+        attach.assign_functions(self.specs, self.source)
+        attach.precheck_auto(self.source)
+        for spec in self.specs:
+            attach.precheck(spec)
+        self.src = program.prepare(
+            self.source, pid=self.pid, comm=self.comm, fn_names={s.fn for s in self.specs}
+        )
+        found = layout.mismatches(self.source)
+        if found:
+            self._warn(layout.warning_text(found))
+        self.bpf = program.compile_source(bcc, self.src, self.cflags)
+        try:
+            self._open_channels(bcc)
+            if self.src.uses_printk:
+                self.printk = channels.PrintkReader()
+            for spec in self.specs:
+                attach.attach(
+                    bcc, self.bpf, spec, pid=self.pid if spec.kind != "tracepoint" else None
+                )
+        except BaseException:
+            self.close()
+            raise
+        self.started_at = time.monotonic()
+        return self
+
+    def _open_channels(self, bcc) -> None:
+        for kind, names in (("perf", self.src.perf_buffers), ("ring", self.src.ring_buffers)):
+            for name in names:
+                try:
+                    dtype = frames.event_dtype(frames.event_fields(bcc, self.bpf, name))
+                except frames.LayoutError as e:
+                    self._warn(f"{name}: {e}; its records are kept as raw bytes")
+                    dtype = None
+                if dtype is not None and not dtype.names:
+                    dtype = None  # nothing sent through it yet: BCC saw no submit call
+                channel = channels.Channel(name, kind, dtype, limit=self.max_events)
+                channel.open(self.bpf, self.perf_pages)
+                self.channels.append(channel)
+
+    def poll(self, timeout_ms: int = POLL_MS) -> None:
+        channels.poll(self.bpf, self.channels, timeout_ms)
+        if self.printk:
+            self.printk.read()
+
+    def received(self) -> int:
+        return sum(c.received for c in self.channels)
+
+    def detach(self) -> None:
+        """Detach every probe but keep maps and buffers readable."""
+        b = self.bpf
+        if b is None:
+            return
+        for k in list(b.kprobe_fds):
+            b.detach_kprobe_event(k)
+        for k in list(b.uprobe_fds):
+            b.detach_uprobe_event(k)
+        for k in list(b.tracepoint_fds):
+            b.detach_tracepoint(k)
+        for k in list(b.raw_tracepoint_fds):
+            b.detach_raw_tracepoint(k)
+        for ev_type, ev_config in list(b.open_perf_events):
+            b.detach_perf_event(ev_type, ev_config)
+
+    def close(self) -> None:
+        """Detach and free everything; safe to call twice."""
+        if self.printk:
+            self.printk.close()
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            finally:
+                self.bpf = None
+
+    def __enter__(self) -> Session:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ running
+
+    def run(
+        self,
+        duration: float | None = None,
+        workload: str | None = None,
+        progress: Callable[[Session, float], None] | None = None,
+    ) -> TraceResult:
+        """Trace until the duration ends, the workload exits, or max events; then collect."""
+        if duration is not None and not 0 < duration <= MAX_DURATION:
+            raise BadArguments(f"duration must be between 0 and {MAX_DURATION:.0f} seconds")
+        limit = duration or (WORKLOAD_LIMIT if workload else DEFAULT_DURATION)
+        if self.bpf is None:
+            self.start()
+        proc, out = None, None
+        stopped_by = "duration"
+        start = time.monotonic()
+        try:
+            if workload:
+                out = tempfile.TemporaryFile()
+                # Started after every probe is attached, so the trace sees it from the start.
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", workload],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            while True:
+                elapsed = time.monotonic() - start
+                if elapsed >= limit:
+                    stopped_by = "duration"
+                    break
+                self.poll(min(POLL_MS, max(1, int((limit - elapsed) * 1000))))
+                if progress:
+                    progress(self, time.monotonic() - start)
+                if self.max_events and any(c.full for c in self.channels):
+                    stopped_by = "max events"
+                    break
+                if proc is not None and proc.poll() is not None:
+                    stopped_by = "workload exit"
+                    self.poll(POLL_MS)  # records still on their way from the last instructions
+                    break
+        except KeyboardInterrupt:
+            stopped_by = "interrupt"
+        finally:
+            if proc is not None and proc.poll() is None:
+                _kill_group(proc)
+        elapsed = time.monotonic() - start
+        result = self.collect()
+        result.duration = elapsed
+        result.stopped_by = stopped_by
+        if proc is not None:
+            result.exit_code = proc.returncode
+            out.seek(0)
+            result.output = out.read().decode("utf-8", "replace")
+            out.close()
+        return result
+
+    def collect(self) -> TraceResult:
+        """Detach, drain the buffers, read every map; then free everything."""
+        bcc = _bcc()
+        try:
+            self.detach()
+            channels.drain(self.bpf, self.channels)
+            if self.printk:
+                self.printk.read()
+            ring = [c for c in self.channels if c.kind == "ring"]
+            if ring:
+                channels.ringbuf_losses(self.bpf, program.LOST_MAP, ring)
+            result = TraceResult(attached=self.attached(), warnings=list(self.warnings))
+            stacks = self._stack_table()
+            for c in self.channels:
+                df = c.frame(self.wall_offset)
+                times = [col for col in df.columns if str(df[col].dtype).startswith("datetime64")]
+                if c.kind == "perf" and times:
+                    # Per-CPU buffers interleave; order by the program's own timestamp.
+                    df = df.sort_values(times[0], kind="stable").reset_index(drop=True)
+                if self.max_events:
+                    df = df.head(self.max_events)
+                if stacks is not None:
+                    df = frames.add_stacks(df, self.bpf, stacks)
+                result.channels[c.name] = df
+                result.lost[c.name] = c.lost
+                result.received[c.name] = c.received
+            if self.channels:
+                result.events = result.channels[self.channels[0].name]
+            result.maps = self._maps(bcc, stacks)
+            if self.printk:
+                result.printk = self.printk.frame(self.wall_offset)
+            return result
+        finally:
+            self.close()
+
+    def attached(self) -> list[str]:
+        out = [str(s) for s in self.specs]
+        for name in re.findall(
+            r"\b((?:kprobe|kretprobe|tracepoint|raw_tracepoint)__\w+)\s*\(", self.source
+        ):
+            out.append(f"{name} (by name)")
+        for cat, ev in re.findall(r"\bTRACEPOINT_PROBE\s*\(\s*(\w+)\s*,\s*(\w+)\s*\)", self.source):
+            out.append(f"tracepoint {cat}:{ev}")
+        return out
+
+    def _tables(self, bcc):
+        import ctypes
+
+        lib = bcc.libbcc.lib
+        # bcc's Python side declares neither; without restype a name comes back as int.
+        lib.bpf_num_tables.restype = ctypes.c_ulonglong
+        lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
+        lib.bpf_table_name.restype = ctypes.c_char_p
+        lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong]
+        for i in range(lib.bpf_num_tables(self.bpf.module)):
+            name = lib.bpf_table_name(self.bpf.module, i).decode()
+            ttype = lib.bpf_table_type_id(self.bpf.module, i)
+            yield name, ttype
+
+    def _stack_table(self):
+        bcc = _bcc()
+        for name, ttype in self._tables(bcc):
+            if ttype == frames.STACK_TRACE:
+                return self.bpf[name]
+        return None
+
+    def _maps(self, bcc, stacks) -> dict:
+        kind = "log2" if re.search(r"\bbpf_log2l?\s*\(", self.source) else "linear"
+        histograms = {n: kind for n in re.findall(r"BPF_HISTOGRAM\s*\(\s*(\w+)", self.source)}
+        histograms.update(self.hist)
+        ncpus = len(bcc.utils.get_possible_cpus())
+        out = {}
+        for name, ttype in self._tables(bcc):
+            if ttype in _SKIP_TABLES or name == program.LOST_MAP:
+                continue
+            table = self.bpf[name]
+            if name in histograms:
+                out[name] = frames.histogram_frame(table, histograms[name])
+            else:
+                df = frames.map_frame(table, ttype, ncpus)
+                if stacks is not None:
+                    df = frames.add_stacks(df, self.bpf, stacks)
+                out[name] = df
+        return out
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=2)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def trace(
+    source: str, *, duration: float | None = None, run: str | None = None, **options
+) -> TraceResult:
+    """Compile ``source``, attach it, trace, and return what it gathered.
+
+    ``options`` are Session's: ``kprobe``, ``kretprobe``, ``tracepoint``, ``uprobe``,
+    ``uretprobe``, ``perf`` (each a spec or a list of specs), ``pid``, ``comm``,
+    ``max_events``, ``perf_pages``, ``hist``, ``cflags``.
+
+    >>> r = trace('''
+    ... TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
+    ...     bpf_trace_printk("%s\\\\n", args->filename);
+    ...     return 0;
+    ... }''', run="cat /etc/hostname")          # doctest: +SKIP
+    """
+    with Session(source, **options) as session:
+        return session.run(duration=duration, workload=run)
+
+
+def load(source: str, **options) -> list[str]:
+    """Compile and load every probe function into the kernel without attaching it.
+
+    Returns the names of the loaded programs. This works even where the kernel
+    cannot attach them (a kprobe program on a kernel without kprobes).
+    """
+    require_privileges()
+    bcc = _bcc()
+    src = program.prepare(source)
+    kinds = {
+        "kprobe": bcc.BPF.KPROBE,
+        "kretprobe": bcc.BPF.KPROBE,
+        "uprobe": bcc.BPF.KPROBE,
+        "uretprobe": bcc.BPF.KPROBE,
+        "tracepoint": bcc.BPF.TRACEPOINT,
+        "perf": bcc.BPF.PERF_EVENT,
+    }
+    specs = [attach.parse(kind, text) for kind in kinds for text in _as_list(options.get(kind))]
+    attach.assign_functions(specs, source)
+    b = program.compile_source(bcc, src, options.get("cflags"))
+    try:
+        for spec in specs:
+            program.load_or_explain(b, spec.fn, kinds[spec.kind])
+        return [s.fn for s in specs]
+    finally:
+        b.cleanup()
