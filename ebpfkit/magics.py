@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from IPython.core.magic import Magics, cell_magic, magics_class, no_var_expand
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Float, Int
 from traitlets.config import Configurable
@@ -127,8 +127,8 @@ class BpfMagics(Magics, Configurable):
         action="store_true",
         help="compile and load the programs into the kernel, but attach nothing",
     )
-    @cell_magic
-    def bpf(self, line: str, cell: str):
+    @line_cell_magic
+    def bpf(self, line: str, cell: str | None = None):
         """Compile the cell's C with BCC, attach it, trace, and return the result.
 
         The result has ``events`` (a DataFrame from BPF_PERF_OUTPUT or
@@ -166,6 +166,9 @@ class BpfMagics(Magics, Configurable):
                 return 0;
             }
 
+        A program from a file runs as a line magic:
+        ``%bpf --file bpf/exec_tracepoint.c --run "ls"``.
+
         Ctrl-C (or the notebook's stop button) ends the trace and keeps what it gathered.
         """
         try:
@@ -173,9 +176,12 @@ class BpfMagics(Magics, Configurable):
             args = self.bpf.parser.parse_args(shlex.split(line))
         except ValueError as e:
             raise BadArguments(f"cannot read the options: {e}") from None
-        source = _read_file(args.file) if args.file else cell
+        source = _read_file(args.file) if args.file else (cell or "")
         if not source.strip():
-            raise BadArguments("the cell is empty: write a BPF C program, or give --file")
+            raise BadArguments(
+                "no program: write BPF C in the cell below %%bpf, or give a file "
+                "(%bpf --file bpf/exec_tracepoint.c)"
+            )
         probes = {
             "kprobe": args.kprobe,
             "kretprobe": args.kretprobe,

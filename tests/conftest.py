@@ -1,0 +1,39 @@
+"""Shared fixtures: a real IPython shell with ebpfkit loaded, and kernel facts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from ebpfkit import probes
+
+KPROBES, KPROBES_WHY = probes.kprobes_available()
+needs_kprobes = pytest.mark.skipif(not KPROBES, reason=f"kernel has no kprobes: {KPROBES_WHY}")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+
+
+@pytest.fixture(scope="session")
+def ip():
+    """An InteractiveShell with ``%load_ext ebpfkit`` done."""
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "ebpfkit")
+    return shell
+
+
+def bpf(ip, line: str, cell: str):
+    """Run a %%bpf cell and return its result (errors propagate as exceptions)."""
+    return ip.run_cell_magic("bpf", line, cell)
+
+
+def prog_ids() -> set[int]:
+    """IDs of every BPF program loaded in the kernel."""
+    out = subprocess.run(
+        ["bpftool", "prog", "list", "--json"], capture_output=True, text=True, check=True
+    ).stdout
+    import json
+
+    return {p["id"] for p in json.loads(out or "[]")}
