@@ -18,8 +18,8 @@ check: setup
 	$(VENV)/bin/ebpfkit check
 
 lint: setup
-	$(VENV)/bin/ruff check ebpfkit tests benchmarks
-	$(VENV)/bin/ruff format --check ebpfkit tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Unit tests, real-kernel tests, then the notebooks under nbval.
 test: setup lint

@@ -80,8 +80,15 @@ fi
 stamp="$VENV/.ebpfkit-installed"
 want_stamp=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ]; then
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[test,lab]' --config-settings editable_mode=compat
+  log="$VENV/pip.log"
+  # Quiet unless it fails: pip's own warnings would bury the set-up's few lines.
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+         "$VENV/bin/python" -m pip install -q -e '.[test,lab]' --config-settings editable_mode=compat
+       } >"$log" 2>&1; then
+    cat "$log"
+    say "pip install failed (log above, also in $log)"
+    exit 1
+  fi
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name ebpfkit \
     --display-name "Python 3 (ebpfkit)" >/dev/null
   echo "$want_stamp" >"$stamp"
