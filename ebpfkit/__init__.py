@@ -49,7 +49,7 @@ def __getattr__(name: str):
 
 def check(probes_too: bool = True):
     """What this kernel can do for eBPF tracing, as a DataFrame (see ``ebpfkit check``)."""
-    from .check import check as _check
+    from .checks import check as _check
 
     return _check(probes_too)
 

@@ -7,7 +7,7 @@ import sys
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .check import run_checks
+    from .checks import run_checks
 
     report = run_checks(probes_too=not args.quick)
     print(report.text())

@@ -151,6 +151,12 @@ def perf_event(target: str) -> tuple[str, str, int]:
 def attach(bcc, bpf, spec: Spec, pid: int | None = None) -> None:
     """Attach one spec; every failure becomes an ebpfkit error naming what went wrong."""
     precheck(spec)
+    if spec.kind == "tracepoint" and spec.target.replace("/", ":").encode() in bpf.tracepoint_fds:
+        raise AttachError(
+            f"{spec}: this tracepoint already has a function attached in this cell; BCC keeps "
+            "one per tracepoint, so put both pieces of work in one function"
+        )
+    before = dict(bpf.uprobe_fds)
     try:
         with capture_stderr() as err:
             _attach(bcc, bpf, spec, pid)
@@ -167,6 +173,15 @@ def attach(bcc, bpf, spec: Spec, pid: int | None = None) -> None:
         raise AttachError(
             f"could not attach {spec}: {e}" + (f" ({detail})" if detail else "")
         ) from None
+    # bcc keys uprobes by event name: a second function on the same one replaces the first's
+    # fd in its table, and cleanup would never close it. Close it here and say so.
+    for name, fd in before.items():
+        if bpf.uprobe_fds.get(name) != fd:
+            bcc.libbcc.lib.bpf_close_perf_event_fd(fd)
+            raise AttachError(
+                f"{spec}: this uprobe already has a function attached in this cell; BCC keeps "
+                "one per probe point, so put both pieces of work in one function"
+            )
 
 
 def _attach(bcc, bpf, spec: Spec, pid: int | None) -> None:

@@ -54,7 +54,7 @@ def kernel_structs_used(source: str) -> dict[str, set[str]]:
 @functools.lru_cache(maxsize=256)
 def _header_offsets(includes: str, struct: str, members: tuple[str, ...]) -> dict[str, int]:
     from . import _bcc
-    from .check import test_run
+    from .checks import test_run
 
     bcc = _bcc.bcc()
     funcs = [f"int size_of(struct __sk_buff *s) {{ return sizeof(struct {struct}); }}"]

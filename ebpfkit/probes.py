@@ -115,7 +115,11 @@ def _not_found(message: str, matches: list[str]) -> ProbeNotFound:
 def tracefs() -> Path | None:
     """The mounted tracing directory, or None when tracefs is mounted nowhere."""
     for path in _TRACEFS_DIRS:
-        if (path / "available_events").exists():
+        try:
+            if (path / "available_events").exists():
+                return path
+        except PermissionError:
+            # Mounted but root-only: it exists, this user just cannot look inside.
             return path
     return None
 

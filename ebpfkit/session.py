@@ -42,7 +42,7 @@ def _as_list(value) -> list[str]:
 def require_privileges() -> None:
     if os.geteuid() == 0:
         return
-    from .check import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, capabilities
+    from .checks import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, capabilities
 
     caps = capabilities()
     if CAP_SYS_ADMIN in caps or {CAP_BPF, CAP_PERFMON} <= caps:

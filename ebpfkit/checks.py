@@ -9,6 +9,7 @@ running kernel's BTF says they are.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gzip
 import os
@@ -381,6 +382,9 @@ class _Trials:
         try:
             with capture_stderr():
                 b["ring"].open_ring_buffer(lambda ctx, data, size: received.append(size))
+                # bcc keeps one fd per tracepoint name: a second attach would orphan the first.
+                with contextlib.suppress(Exception):
+                    b.detach_tracepoint("syscalls:sys_enter_getppid")
                 b.attach_tracepoint(tp="syscalls:sys_enter_getppid", fn_name="on_ring")
         except Exception as e:  # noqa: BLE001
             self.report.add(
@@ -595,7 +599,8 @@ def run_checks(probes_too: bool = True) -> Report:
     )
 
     tracefs = probes.tracefs()
-    debug = os.path.exists("/sys/kernel/debug/tracing/available_events")
+    # ismount, not exists: a non-root user cannot look inside, but can see the mount.
+    debug = os.path.ismount("/sys/kernel/debug")
     report.add(
         "tracefs",
         OK if tracefs and debug else FAIL,
