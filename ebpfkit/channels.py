@@ -14,11 +14,13 @@ import errno
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import frames, probes
+from .errors import AttachError
 
 DEFAULT_PERF_PAGES = 64  # per CPU: 256 KiB with 4 KiB pages
 PERF_WAKEUP_EVENTS = 32  # batch wake-ups instead of one per record
@@ -35,6 +37,9 @@ class Channel:
     received: int = 0
     lost: int = 0
     limit: int | None = None  # keep at most this many records (--max-events)
+    # Called (once) when reading should end early: max events reached or Ctrl-C.
+    stop: Callable[[str], None] | None = None
+    stopped: str = ""
 
     @property
     def full(self) -> bool:
@@ -49,13 +54,31 @@ class Channel:
         if len(raw) < itemsize:  # a shorter record than the struct: pad with zeros
             raw += bytes(itemsize - len(raw))
         self.chunks.append(raw)
+        if self.full:
+            self._stop("max events")
+
+    def _stop(self, why: str) -> None:
+        if not self.stopped:
+            self.stopped = why
+            if self.stop:
+                self.stop(why)
+
+    def _record(self, data, size: int) -> int:
+        # BCC's readers keep reading while records keep coming, and ctypes swallows an
+        # exception raised in a callback: Ctrl-C must be caught here, and the producers
+        # stopped, or a busy trace could not be interrupted.
+        try:
+            self._keep(data, size)
+        except KeyboardInterrupt:
+            self._stop("interrupt")
+        return -1 if self.stopped else 0  # a ring buffer stops consuming on non-zero
 
     def open(self, bpf, perf_pages: int = DEFAULT_PERF_PAGES) -> None:
         table = bpf[self.name]
         if self.kind == "perf":
 
             def on_record(cpu, data, size):
-                self._keep(data, size)
+                self._record(data, size)
 
             def on_lost(count):
                 self.lost += count
@@ -66,8 +89,7 @@ class Channel:
         else:
 
             def on_record(ctx, data, size):
-                self._keep(data, size)
-                return 0
+                return self._record(data, size)
 
             table.open_ring_buffer(on_record)
 
@@ -123,7 +145,16 @@ class PrintkReader:
     def __init__(self) -> None:
         base = probes.tracefs()
         path = os.path.join(str(base or "/sys/kernel/debug/tracing"), "trace_pipe")
-        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            raise AttachError(
+                f"bpf_trace_printk() output is read from {path}, which another program is "
+                "reading right now (bpftrace, another notebook, `cat trace_pipe`?). Stop it, or "
+                "send events through BPF_PERF_OUTPUT or BPF_RINGBUF_OUTPUT instead."
+            ) from None
         self.partial = b""
         self.rows: list[tuple] = []
         self.discard()

@@ -10,11 +10,13 @@ detached and every program and map closed before control returns.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -105,6 +107,8 @@ class Session:
         self.src: program.Source | None = None
         self.started_at = 0.0
         self.wall_offset = frames.monotonic_to_wall_ns()
+        self._detach_lock = threading.Lock()
+        self.stop_reason = ""
 
     # ------------------------------------------------------------ life cycle
 
@@ -152,9 +156,16 @@ class Session:
                     dtype = None
                 if dtype is not None and not dtype.names:
                     dtype = None  # nothing sent through it yet: BCC saw no submit call
-                channel = channels.Channel(name, kind, dtype, limit=self.max_events)
+                channel = channels.Channel(
+                    name, kind, dtype, limit=self.max_events, stop=self._stop_producers
+                )
                 channel.open(self.bpf, self.perf_pages)
                 self.channels.append(channel)
+
+    def _stop_producers(self, why: str) -> None:
+        """End the trace early: detaching stops new records, so the readers finish."""
+        self.stop_reason = self.stop_reason or why
+        self.detach()
 
     def poll(self, timeout_ms: int = POLL_MS) -> None:
         channels.poll(self.bpf, self.channels, timeout_ms)
@@ -164,21 +175,26 @@ class Session:
     def received(self) -> int:
         return sum(c.received for c in self.channels)
 
-    def detach(self) -> None:
-        """Detach every probe but keep maps and buffers readable."""
-        b = self.bpf
-        if b is None:
-            return
-        for k in list(b.kprobe_fds):
-            b.detach_kprobe_event(k)
-        for k in list(b.uprobe_fds):
-            b.detach_uprobe_event(k)
-        for k in list(b.tracepoint_fds):
-            b.detach_tracepoint(k)
-        for k in list(b.raw_tracepoint_fds):
-            b.detach_raw_tracepoint(k)
-        for ev_type, ev_config in list(b.open_perf_events):
-            b.detach_perf_event(ev_type, ev_config)
+    def detach(self, why: str = "") -> None:
+        """Detach every probe but keep maps and buffers readable; safe from any thread."""
+        with self._detach_lock:
+            b = self.bpf
+            if b is None:
+                return
+            for table, detach in (
+                (b.kprobe_fds, b.detach_kprobe_event),
+                (b.uprobe_fds, b.detach_uprobe_event),
+                (b.tracepoint_fds, b.detach_tracepoint),
+                (b.raw_tracepoint_fds, b.detach_raw_tracepoint),
+                (b.kfunc_entry_fds, b.detach_kfunc),
+                (b.kfunc_exit_fds, b.detach_kretfunc),
+            ):
+                for key in list(table):
+                    with contextlib.suppress(Exception):  # close() frees whatever is left
+                        detach(key)
+            for ev_type, ev_config in list(b.open_perf_events):
+                with contextlib.suppress(Exception):
+                    b.detach_perf_event(ev_type, ev_config)
 
     def close(self) -> None:
         """Detach and free everything; safe to call twice."""
@@ -213,7 +229,13 @@ class Session:
         proc, out = None, None
         stopped_by = "duration"
         start = time.monotonic()
+        # The deadline is kept by a timer, not by the loop: under a flood of records BCC's
+        # readers do not return until the buffer is empty, which may be never.
+        deadline = threading.Timer(limit, self._stop_producers, args=("duration",))
+        deadline.daemon = True
+        previous_sigint = _catch_sigint(lambda: self._stop_producers("interrupt"))
         try:
+            deadline.start()
             if workload:
                 out = tempfile.TemporaryFile()
                 # Started after every probe is attached, so the trace sees it from the start.
@@ -226,14 +248,14 @@ class Session:
                 )
             while True:
                 elapsed = time.monotonic() - start
-                if elapsed >= limit:
-                    stopped_by = "duration"
+                if elapsed >= limit or self.stop_reason:
+                    stopped_by = self.stop_reason or "duration"
                     break
                 self.poll(min(POLL_MS, max(1, int((limit - elapsed) * 1000))))
                 if progress:
                     progress(self, time.monotonic() - start)
-                if self.max_events and any(c.full for c in self.channels):
-                    stopped_by = "max events"
+                if self.stop_reason:
+                    stopped_by = self.stop_reason
                     break
                 if proc is not None and proc.poll() is not None:
                     stopped_by = "workload exit"
@@ -242,6 +264,9 @@ class Session:
         except KeyboardInterrupt:
             stopped_by = "interrupt"
         finally:
+            deadline.cancel()
+            _restore_sigint(previous_sigint)
+            self.detach()
             if proc is not None and proc.poll() is None:
                 _kill_group(proc)
         elapsed = time.monotonic() - start
@@ -339,6 +364,26 @@ class Session:
                     df = frames.add_stacks(df, self.bpf, stacks)
                 out[name] = df
         return out
+
+
+def _catch_sigint(stop: Callable[[], None]):
+    """Make Ctrl-C stop the trace rather than raise.
+
+    A KeyboardInterrupt raised while BCC's reader runs our callback is swallowed by
+    ctypes and the trace would go on; a handler that stops the producers cannot be lost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        stop()
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _restore_sigint(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
