@@ -25,7 +25,7 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest -q tests
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-	  $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks; \
+	  $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider notebooks; \
 	fi
 
 clean:

@@ -97,6 +97,14 @@ class BpfMagics(Magics, Configurable):
         "(hardware, where present), e.g. -P cpu-clock:99",
     )
     @argument(
+        "--fallback",
+        action="append",
+        metavar="CAT:EVENT[=fn]",
+        help="where the kernel has no kprobes, attach this tracepoint instead of the "
+        "kprobes (and say so), e.g. -k do_sys_openat2=on_open "
+        "--fallback syscalls:sys_enter_openat=on_open_tp",
+    )
+    @argument(
         "-d",
         "--duration",
         type=float,
@@ -202,7 +210,9 @@ class BpfMagics(Magics, Configurable):
             max_events=args.max_events,
             perf_pages=args.buffer_pages or self.buffer_pages,
             hist=_hist(args.hist),
+            fallback=args.fallback,
             on_warning=lambda text: print(f"warning: {text}", flush=True),
+            on_note=lambda text: print(f"note: {text}", flush=True),
         )
         duration = (
             args.duration if args.duration is not None else (None if args.run else self.duration)

@@ -25,6 +25,7 @@ class TraceResult:
     stopped_by: str = ""
     attached: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
     output: str = ""
     exit_code: int | None = None
 
@@ -64,7 +65,11 @@ class TraceResult:
         return lines
 
     def __repr__(self) -> str:
-        parts = [*(f"warning: {w}" for w in self.warnings), *self.summary_lines()]
+        parts = [
+            *(f"warning: {w}" for w in self.warnings),
+            *(f"note: {n}" for n in self.notes),
+            *self.summary_lines(),
+        ]
         label, df = self.main_frame()
         if df is not None and len(df):
             parts.append(f"{label}:\n{df.head(10).to_string()}")
@@ -74,6 +79,8 @@ class TraceResult:
         out = []
         for w in self.warnings:
             out.append(f"<div style='color:#9a6700'><b>warning:</b> {html.escape(w)}</div>")
+        for n in self.notes:
+            out.append(f"<div style='color:#0969da'><b>note:</b> {html.escape(n)}</div>")
         items = "".join(f"<li>{html.escape(s)}</li>" for s in self.summary_lines())
         if self.total_lost:
             items += (

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from . import attach, channels, frames, layout, program
+from . import attach, channels, frames, layout, probes, program
 from ._bcc import bcc as _bcc
 from .errors import BadArguments, NotPermitted
 from .result import TraceResult
@@ -69,6 +69,7 @@ class Session:
         uprobe: Iterable[str] | str | None = None,
         uretprobe: Iterable[str] | str | None = None,
         perf: Iterable[str] | str | None = None,
+        fallback: Iterable[str] | str | None = None,
         pid: int | None = None,
         comm: str | None = None,
         max_events: int | None = None,
@@ -76,6 +77,7 @@ class Session:
         hist: dict[str, str] | None = None,
         cflags: Iterable[str] = (),
         on_warning: Callable[[str], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
     ):
         self.source = source
         self.specs = [
@@ -100,7 +102,11 @@ class Session:
         self.hist = dict(hist or {})
         self.cflags = list(cflags)
         self.on_warning = on_warning
+        self.on_note = on_note
         self.warnings: list[str] = []
+        self.notes: list[str] = []
+        # Tracepoints to use instead of the kprobes where the kernel has none.
+        self.fallback = [attach.parse("tracepoint", t) for t in _as_list(fallback)]
         self.bpf = None
         self.channels: list[channels.Channel] = []
         self.printk: channels.PrintkReader | None = None
@@ -117,10 +123,31 @@ class Session:
         if self.on_warning:
             self.on_warning(text)
 
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        if self.on_note:
+            self.on_note(text)
+
+    def _use_fallback(self) -> None:
+        """On a kernel without kprobes, swap the kprobe specs for the fallback tracepoints."""
+        kprobes = [s for s in self.specs if s.kind in ("kprobe", "kretprobe")]
+        if not self.fallback or not kprobes:
+            return
+        available, why = probes.kprobes_available()
+        if available:
+            return
+        self.specs = [s for s in self.specs if s not in kprobes] + self.fallback
+        self._note(
+            f"this kernel has no kprobes ({why}). Instead of "
+            f"{', '.join(str(s) for s in kprobes)}, ebpfkit attaches "
+            f"{', '.join(str(s) for s in self.fallback)}, which sees the same calls."
+        )
+
     def start(self) -> Session:
         """Compile, open the buffers and attach every probe; on any failure, clean up."""
         require_privileges()
         bcc = _bcc()
+        self._use_fallback()
         attach.assign_functions(self.specs, self.source)
         attach.precheck_auto(self.source)
         for spec in self.specs:
@@ -291,7 +318,9 @@ class Session:
             ring = [c for c in self.channels if c.kind == "ring"]
             if ring:
                 channels.ringbuf_losses(self.bpf, program.LOST_MAP, ring)
-            result = TraceResult(attached=self.attached(), warnings=list(self.warnings))
+            result = TraceResult(
+                attached=self.attached(), warnings=list(self.warnings), notes=list(self.notes)
+            )
             stacks = self._stack_table()
             for c in self.channels:
                 df = c.frame(self.wall_offset)
