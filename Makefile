@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8888
 
-.PHONY: setup lab test test-fast lint check clean
+.PHONY: setup lab test test-vm lint check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -21,12 +21,17 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Unit tests, real-kernel tests, then the notebooks under nbval.
+# Unit and real-kernel tests, the notebooks under nbval, then the kprobe lane.
 test: setup lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -p no:cacheprovider tests
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 	  $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider notebooks; \
 	fi
+	bash scripts/vm-lane.sh
+
+# The kprobe lane alone: a stock Debian kernel with kprobes, booted in a virtual machine.
+test-vm: setup
+	bash scripts/vm-lane.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

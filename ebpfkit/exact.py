@@ -26,9 +26,15 @@ reached with ``.`` get exact definitions of their own. The static asserts make
 clang check every offset and size against BTF: a wrong layout fails to compile
 instead of reading garbage.
 
+Only what needs it is replaced: the headers' own layout is measured first (one
+compile of the program's #include lines, run once) and a struct whose members
+already sit where BTF says keeps the headers' definition.
+
 Not covered: bitfields (a struct whose named member is a bitfield keeps the
-headers' layout, with a note), types only the headers know, and kernel structs
-the program reaches without naming them in the source.
+headers' layout, with a note); members spelled through the headers' own macros
+(``sk->sk_family`` is ``sk->__sk_common.skc_family``: the program then fails to
+compile, and should be compiled without the prelude); kernel structs reached
+without their names or members appearing in the source.
 """
 
 from __future__ import annotations
@@ -40,13 +46,13 @@ from dataclasses import dataclass, field
 from .btf import Btf
 from .layout import _ABI_STRUCTS
 
-__all__ = ["exact_prelude"]
+__all__ = ["corrected_structs", "exact_prelude", "hoisted_directives"]
 
 HEADER_PREFIX = "__ebpfkit_hdr_"
 
 # BTF kinds used here (include/uapi/linux/btf.h).
 _INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
-_VOLATILE, _CONST, _RESTRICT, _FUNC_PROTO, _FLOAT, _TYPE_TAG, _ENUM64 = 9, 10, 11, 13, 16, 18, 19
+_VOLATILE, _CONST, _RESTRICT, _FLOAT, _TYPE_TAG, _ENUM64 = 9, 10, 11, 16, 18, 19
 _QUALIFIERS = {_VOLATILE, _CONST, _RESTRICT, _TYPE_TAG}
 _RECORDS = {_STRUCT: "struct", _UNION: "union"}
 _POINTER_SIZE = 8  # every 64-bit kernel BPF runs on
@@ -183,15 +189,16 @@ def _names_used(code: str) -> set[str]:
     return names
 
 
-def _records_named(code: str) -> set[str]:
-    """Struct and union tags the program names but does not define itself."""
+def _records(code: str) -> tuple[set[str], set[str]]:
+    """(kernel struct and union tags the program names, tags it defines itself)."""
     named = set(re.findall(r"\b(?:struct|union)\s+([A-Za-z_]\w*)", code))
     defined = set(re.findall(r"\b(?:struct|union)\s+([A-Za-z_]\w*)\s*\{", code))
-    return {
+    kernel = {
         tag
         for tag in named - defined - _ABI_STRUCTS
         if not tag.startswith(("bpf_", "tracepoint__", "__ebpfkit"))
     }
+    return kernel, defined
 
 
 def hoisted_directives(code: str) -> str:
@@ -220,18 +227,19 @@ def hoisted_directives(code: str) -> str:
 # ------------------------------------------------------------------ what to rewrite
 
 
-def _plan(types: _Types, roots: set[str], names: set[str]) -> dict[str, _Record]:
+def _plan(types: _Types, roots: set[str], names: set[str], exclude: set[str]) -> dict[str, _Record]:
     """The records the program reads members of, found by following named members.
 
     We cannot type-check C here, so a name counts as used in every record that
     has it: that may define a member the program never reads, at its true
-    offset, which is harmless.
+    offset, which is harmless. Tags in ``exclude`` (the program's own structs
+    and ABI structs) are never followed.
     """
     plan: dict[str, _Record] = {}
     todo = [(tag, False) for tag in sorted(roots)]
     while todo:
         tag, needed = todo.pop()
-        if tag in plan:
+        if tag in plan or tag in exclude:
             continue
         tid = types.lookup(tag)
         if tid is None:
@@ -315,7 +323,10 @@ def _header_layout(directives: str, query: _Query) -> tuple[_Layout | None, froz
         what = f"({kind} {tag} *)p + 1" if name is None else f"&(({kind} {tag} *)p)->{name}"
         lines.append(f"    k = {i}; v = (u64)({what}) - p; __ebpfkit_layout.update(&k, &v);")
     lines += ["    return 0;", "}"]
-    bcc = _bcc.bcc()
+    try:
+        bcc = _bcc.bcc()
+    except Exception:  # noqa: BLE001 - no BCC: the headers' layout stays unknown
+        return None, frozenset()
     try:
         with capture_stderr() as err:
             b = bcc.BPF(text="\n".join(lines), cflags=["-w"])
@@ -500,7 +511,7 @@ def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
     code = _strip_comments(source)
     bare = _strip_comments(source, strings=True)
     names = _names_used(bare)
-    roots = _records_named(bare)
+    roots, defined = _records(bare)
     if not names or not roots:
         return "", []
     if btf is None:
@@ -509,7 +520,7 @@ def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
         except OSError:
             return "", []
     types = _Types(btf)
-    plan = _plan(types, roots, names)
+    plan = _plan(types, roots, names, defined | _ABI_STRUCTS)
     if not plan:
         return "", []
 
@@ -538,8 +549,9 @@ def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
         if bits:
             kept.add(tag)
             notes.append(
-                f"struct {tag}: not corrected: {', '.join(bits)} is a bitfield, which a padded"
-                " definition cannot place; reads of it keep the headers' (wrong) layout"
+                f"{plan[tag].kind} {tag}: not corrected: {', '.join(bits)} is a bitfield, which"
+                " a padded definition cannot place; its reads keep the headers' (wrong) layout"
+                " (read the containing bytes with bpf_probe_read_kernel at the BTF offset)"
             )
     grew = True
     while grew:
@@ -549,7 +561,7 @@ def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
                 kept.add(tag)
                 grew = True
                 notes.append(
-                    f"struct {tag}: not corrected: it embeds "
+                    f"{plan[tag].kind} {tag}: not corrected: it embeds "
                     f"{', '.join(sorted(plan[tag].by_value & kept))}, which keeps the headers'"
                     " layout"
                 )
@@ -581,6 +593,11 @@ def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
         notes.append(f"{rec.kind} {tag}: {read} read at the running kernel's offsets (BTF); {why}")
     out.append("/* ebpfkit: end of exact layouts */")
     return "\n".join(out) + "\n", notes
+
+
+def corrected_structs(prelude: str) -> set[str]:
+    """Tags whose definitions the prelude replaced (their layout warning is moot)."""
+    return set(re.findall(r"^#define (\w+) " + HEADER_PREFIX, prelude, re.M))
 
 
 def _offset_of(rec: _Record, name: str) -> int:

@@ -131,6 +131,12 @@ class BpfMagics(Magics, Configurable):
         help="read MAP as a histogram of this kind (BPF_HISTOGRAM maps are found by themselves)",
     )
     @argument(
+        "--headers-layout",
+        action="store_true",
+        help="read kernel structs at the offsets of the kernel headers BCC compiles against, "
+        "even where the running kernel's BTF says otherwise (to see the difference)",
+    )
+    @argument(
         "--load-only",
         action="store_true",
         help="compile and load the programs into the kernel, but attach nothing",
@@ -211,6 +217,7 @@ class BpfMagics(Magics, Configurable):
             perf_pages=args.buffer_pages or self.buffer_pages,
             hist=_hist(args.hist),
             fallback=args.fallback,
+            exact=not args.headers_layout,
             on_warning=lambda text: print(f"warning: {text}", flush=True),
             on_note=lambda text: print(f"note: {text}", flush=True),
         )

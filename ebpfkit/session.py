@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from . import attach, channels, frames, layout, probes, program
+from . import attach, channels, exact, frames, layout, probes, program
 from ._bcc import bcc as _bcc
 from .errors import BadArguments, NotPermitted
 from .result import TraceResult
@@ -76,6 +76,7 @@ class Session:
         perf_pages: int = channels.DEFAULT_PERF_PAGES,
         hist: dict[str, str] | None = None,
         cflags: Iterable[str] = (),
+        exact: bool = True,
         on_warning: Callable[[str], None] | None = None,
         on_note: Callable[[str], None] | None = None,
     ):
@@ -101,6 +102,7 @@ class Session:
         self.perf_pages = perf_pages
         self.hist = dict(hist or {})
         self.cflags = list(cflags)
+        self.exact = exact
         self.on_warning = on_warning
         self.on_note = on_note
         self.warnings: list[str] = []
@@ -155,7 +157,17 @@ class Session:
         self.src = program.prepare(
             self.source, pid=self.pid, comm=self.comm, fn_names={s.fn for s in self.specs}
         )
-        found = layout.mismatches(self.source)
+        corrected: set[str] = set()
+        if self.exact:
+            # Kernel structs whose borrowed-header layout is wrong are redefined from BTF.
+            prelude, notes = exact.exact_prelude(self.source)
+            if prelude:
+                self.src.final = prelude + self.src.final
+                self.src.prelude_lines += prelude.count("\n")
+                corrected = exact.corrected_structs(prelude)
+                for note in notes:
+                    self._note(note)
+        found = [m for m in layout.mismatches(self.source) if m.struct not in corrected]
         if found:
             self._warn(layout.warning_text(found))
         self.bpf = program.compile_source(bcc, self.src, self.cflags)

@@ -10,6 +10,9 @@ import pytest
 from ebpfkit import probes
 
 KPROBES, KPROBES_WHY = probes.kprobes_available()
+if os.environ.get("EBPFKIT_REQUIRE_KPROBES") and not KPROBES:
+    # The kprobe lane (scripts/vm-guest.sh): a skip there would hide the very thing it tests.
+    raise RuntimeError(f"EBPFKIT_REQUIRE_KPROBES is set but {KPROBES_WHY}")
 needs_kprobes = pytest.mark.skipif(not KPROBES, reason=f"kernel has no kprobes: {KPROBES_WHY}")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 
