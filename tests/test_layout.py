@@ -50,17 +50,32 @@ def test_mismatch_reported_exactly_when_headers_differ_from_btf():
 
 
 @needs_root
-def test_session_warns_before_running(ip):
+def test_session_warns_before_running_with_headers_layout():
     headers = checks.header_offsets(_bcc.bcc(), ("tgid",))
     if headers["tgid"] == checks.btf_offsets(("tgid",))["tgid"]:
         pytest.skip("these kernel headers lay task_struct out like the running kernel")
     seen = []
     from ebpfkit.session import Session
 
-    with Session(READS_TASK, on_warning=seen.append) as s:
+    with Session(READS_TASK, exact=False, on_warning=seen.append) as s:
         assert seen, "the warning must come before the trace runs"
         result = s.run(duration=0.2)
     assert "struct task_struct" in seen[0]
     assert "bpf_get_current_pid_tgid" in seen[0]
     assert result.warnings == seen
     assert "warning" in result._repr_html_()
+
+
+@needs_root
+def test_session_corrects_the_layout_by_default_and_says_so():
+    headers = checks.header_offsets(_bcc.bcc(), ("tgid",))
+    if headers["tgid"] == checks.btf_offsets(("tgid",))["tgid"]:
+        pytest.skip("these kernel headers lay task_struct out like the running kernel")
+    warnings, notes = [], []
+    from ebpfkit.session import Session
+
+    with Session(READS_TASK, on_warning=warnings.append, on_note=notes.append) as s:
+        result = s.run(duration=0.2)
+    assert warnings == []
+    assert any("task_struct" in n and "running kernel's offsets" in n for n in notes), notes
+    assert result.notes == notes
