@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from . import probes
 from ._stderr import capture_stderr
-from .errors import AttachError, BadArguments, FeatureMissing, ProbeNotFound
-from .program import AUTO_PREFIXES
+from .errors import AttachError, BadArguments, FeatureMissing, ProbeNotFound, VerifierError
+from .program import AUTO_PREFIXES, explain_verifier_error
 
 KINDS = ("kprobe", "kretprobe", "tracepoint", "uprobe", "uretprobe", "perf")
 
@@ -163,6 +163,9 @@ def attach(bcc, bpf, spec: Spec, pid: int | None = None) -> None:
     except (FeatureMissing, ProbeNotFound, BadArguments):
         raise
     except Exception as e:  # noqa: BLE001 - bcc raises plain Exception
+        if "Failed to load" in str(e):
+            # attach loads the function first: the verifier said no.
+            raise VerifierError(explain_verifier_error(err.text, e)) from None
         detail = err.text.strip().splitlines()[-1] if err.text.strip() else ""
         if spec.kind == "perf" and perf_event(spec.target)[0] == "HARDWARE":
             raise FeatureMissing(

@@ -4,7 +4,7 @@ Records are kept as raw bytes, one chunk per record, and decoded in bulk at the
 end (``frames.decode``); no Python object is built per field. Losses are
 counted, never silent: a perf buffer reports the records it dropped, and for a
 ring buffer the program's own failed writes are counted in the kernel
-(``program.count_ringbuf_losses``).
+(``program.count_losses``).
 """
 
 from __future__ import annotations
@@ -80,11 +80,13 @@ class Channel:
             def on_record(cpu, data, size):
                 self._record(data, size)
 
-            def on_lost(count):
-                self.lost += count
-
+            # Drops are counted in the kernel (count_lost); the kernel's own late report of
+            # them is only acknowledged here, so that BCC does not print it.
             table.open_perf_buffer(
-                on_record, page_cnt=perf_pages, lost_cb=on_lost, wakeup_events=PERF_WAKEUP_EVENTS
+                on_record,
+                page_cnt=perf_pages,
+                lost_cb=lambda count: None,
+                wakeup_events=PERF_WAKEUP_EVENTS,
             )
         else:
 
@@ -123,12 +125,15 @@ def drain(bpf, channels: list[Channel]) -> None:
         bpf.ring_buffer_consume()
 
 
-def ringbuf_losses(bpf, lost_map: str, ring_channels: list[Channel]) -> None:
-    """Failed ring-buffer writes the program counted, per buffer, summed over CPUs."""
+def count_lost(bpf, lost_map: str, channels: list[Channel]) -> None:
+    """Records each buffer could not take, as the program counted them, summed over CPUs.
+
+    A perf buffer also reports drops to user space, but only once a later record reaches
+    the same CPU's buffer; the program's own count misses none, so it is the one used.
+    """
     table = bpf[lost_map]
-    for index, channel in enumerate(ring_channels):
-        values = table[ctypes.c_int(index)]
-        channel.lost = int(sum(v for v in values))
+    for index, channel in enumerate(channels):
+        channel.lost = int(sum(table[ctypes.c_int(index)]))
 
 
 # ---------------------------------------------------------------- bpf_trace_printk

@@ -16,6 +16,11 @@ except ImportError:  # pragma: no cover - exercised only without IPython
 class EbpfkitError(_Base):
     """Base of every error ebpfkit raises on purpose."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows a bare message only for UsageError itself, not its subclasses;
+        # this hook makes a notebook show ours as one message too, with no stack.
+        return [f"{type(self).__name__}: {self}"]
+
 
 class BccMissing(EbpfkitError):
     """BCC's Python module (from the distribution) cannot be imported."""

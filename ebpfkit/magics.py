@@ -11,7 +11,7 @@ from traitlets import Float, Int
 from traitlets.config import Configurable
 
 from .errors import BadArguments
-from .session import Session, load
+from .session import Session, check_duration, load
 
 _PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -224,6 +224,7 @@ class BpfMagics(Magics, Configurable):
         duration = (
             args.duration if args.duration is not None else (None if args.run else self.duration)
         )
+        check_duration(duration)
         with session:
             result = session.run(duration=duration, workload=args.run)
         if args.out:

@@ -8,6 +8,7 @@ cell's own line numbers and the kernel-header noise is dropped.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ LOST_MAP = "__ebpfkit_lost"
 
 _PRELUDE = """\
 #include <uapi/linux/ptrace.h>
+#include <uapi/linux/bpf_perf_event.h>
 """
 
 _FILTER = """\
@@ -59,6 +61,10 @@ class Source:
     perf_buffers: list[str] = field(default_factory=list)
     uses_printk: bool = False
 
+    def buffers(self) -> list[tuple[str, str]]:
+        """Every output buffer as (name, kind); the index is its slot in the lost counter."""
+        return [(n, "ring") for n in self.ring_buffers] + [(n, "perf") for n in self.perf_buffers]
+
 
 def comm_filter(comm: str) -> str:
     data = comm.encode()[:15]
@@ -80,10 +86,22 @@ def _match_paren(text: str, start: int) -> int:
     return -1
 
 
-def count_ringbuf_losses(text: str, buffers: list[str]) -> str:
-    """Wrap each ringbuf_output/ringbuf_reserve so a failure (buffer full) is counted."""
-    for index, name in enumerate(buffers):
-        for method, failed in (("ringbuf_output", "__r < 0"), ("ringbuf_reserve", "!__r")):
+# Calls that write a record, and how each says it failed (the buffer was full).
+_WRITES = {
+    "ring": (("ringbuf_output", "int", "__r < 0"), ("ringbuf_reserve", "void *", "!__r")),
+    "perf": (("perf_submit", "int", "__r < 0"),),
+}
+
+
+def count_losses(text: str, buffers: list[tuple[str, str]]) -> str:
+    """Wrap each write to an output buffer so that a failure (buffer full) is counted.
+
+    The kernel reports a full perf buffer's drops only when a later record reaches the same
+    CPU's buffer, so drops at the end of a burst would go unreported; a ring buffer reports
+    none at all. Counting failed writes in the program itself is exact for both.
+    """
+    for index, (name, kind) in enumerate(buffers):
+        for method, rtype, failed in _WRITES[kind]:
             pattern = re.compile(rf"\b{name}\s*\.\s*{method}\s*\(")
             pos = 0
             while True:
@@ -94,9 +112,8 @@ def count_ringbuf_losses(text: str, buffers: list[str]) -> str:
                 if end < 0:
                     break
                 call = text[m.start() : end]
-                kind = "int" if method == "ringbuf_output" else "void *"
                 wrapped = (
-                    f"({{ {kind} __r = {call}; if ({failed}) {{ int __k = {index}; "
+                    f"({{ {rtype} __r = {call}; if ({failed}) {{ int __k = {index}; "
                     f"u64 *__v = {LOST_MAP}.lookup(&__k); if (__v) (*__v)++; }} __r; }})"
                 )
                 text = text[: m.start()] + wrapped + text[end:]
@@ -126,9 +143,10 @@ def prepare(
     src.uses_printk = bool(re.search(r"\bbpf_(?:trace_)?printk\s*\(", text))
     prelude = _PRELUDE
     body = text
-    if src.ring_buffers:
-        prelude += f"BPF_PERCPU_ARRAY({LOST_MAP}, u64, {len(src.ring_buffers)});\n"
-        body = count_ringbuf_losses(body, src.ring_buffers)
+    buffers = src.buffers()
+    if buffers:
+        prelude += f"BPF_PERCPU_ARRAY({LOST_MAP}, u64, {len(buffers)});\n"
+        body = count_losses(body, buffers)
     if pid or comm:
         prelude += _FILTER.format(pid=int(pid or 0), comm=comm_filter(comm) if comm else "")
         body = inject_filter(body, fn_names or set())
@@ -160,7 +178,9 @@ def _cell_line(src: Source, reported: int, quoted: str | None) -> int | None:
             key = quoted.strip()[:30]
             hits = [i + 1 for i, line in enumerate(lines) if key and line.strip()[:30] == key]
         if hits:
-            return min(hits, key=lambda n: abs(n - guess))
+            # BCC only inserts text, so the cell's line is at or before the shifted guess.
+            before = [n for n in hits if n <= guess]
+            return max(before) if before else min(hits, key=lambda n: abs(n - guess))
     if 1 <= guess <= len(lines):
         return guess
     return None
@@ -206,6 +226,12 @@ def explain_compile_error(src: Source, stderr: str) -> str:
 # What verifier messages usually mean, for a learner.
 _VERIFIER_HINTS = [
     (
+        r"Argument list too long|E2BIG|too many instructions|Program too large",
+        "the verifier ran out of its budget of 1,000,000 checked instructions, usually on a "
+        "loop whose bound it cannot see (a bound read from a map or an argument): use a small "
+        "constant bound, and stop early with break",
+    ),
+    (
         r"invalid mem access 'scalar'|invalid mem access 'inv'",
         "a pointer was dereferenced directly; read kernel memory with bpf_probe_read_kernel() "
         "and user memory with bpf_probe_read_user()",
@@ -247,18 +273,104 @@ def explain_verifier_error(stderr: str, exc: Exception) -> str:
     return f"the kernel's verifier rejected the program ({exc}). Its last lines:\n{body}{hint}"
 
 
+def _bpf_class(bcc):
+    """BCC's BPF class without the attaching its constructor does by function name.
+
+    A rejected program there would leave the half-built object, and every probe attached
+    before it, behind; we attach afterwards, where a failure can clean up.
+    """
+    cls = getattr(bcc, "_ebpfkit_bpf", None)
+    if cls is None:
+
+        class BPF(bcc.BPF):
+            def _trace_autoload(self):
+                pass
+
+        cls = bcc._ebpfkit_bpf = BPF
+    return cls
+
+
+_COMMENTS_STRINGS = re.compile(r'/\*.*?\*/|//[^\n]*|"(?:\\.|[^"\\])*"|^\s*#[^\n]*', re.S | re.M)
+# What LLVM's BPF backend may fail to lower (signed 64-bit division, 128-bit arithmetic);
+# it then aborts or exits the whole process, which in a notebook is a dead kernel.
+_RISKY = re.compile(r"[/%]|__int128")
+_BACKEND_ERROR = re.compile(r"(?:Error at line (\d+): )?(.*?)(?:, /virtual/main\.c:(\d+):\d+)?$")
+
+
+def _backend_crash(bcc, src: Source, flags: list[str]) -> str | None:
+    """Compile once in a child process; the compiler's last words if it died there."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compile, report by exit status, never return
+        status = 3
+        try:
+            os.dup2(write, 1)
+            os.dup2(write, 2)
+            _bpf_class(bcc)(text=src.final, cflags=flags).cleanup()
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        output = pipe.read().decode("utf-8", "replace")
+    _, wait_status = os.waitpid(pid, 0)
+    if os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) in (0, 3):
+        return None  # compiled, or failed the ordinary way: the parent will say how
+    return output
+
+
+def explain_backend_crash(src: Source, output: str) -> str:
+    lines = [line for line in output.splitlines() if line and not line.startswith(" ")]
+    first = next((ln for ln in lines if "Error" in ln or "ERROR" in ln), lines[0] if lines else "")
+    m = _BACKEND_ERROR.match(first)
+    what = m.group(2).strip() if m else first
+    reported = int(m.group(1) or m.group(3) or 0) if m else 0
+    # Only the line of the failing operation is known, in BCC's rewritten text: name the
+    # last line of the cell at or before it that does such arithmetic.
+    cell = src.text.splitlines()
+    guess = reported - src.prelude_lines
+    candidates = [
+        i + 1
+        for i, line in enumerate(cell)
+        if _RISKY.search(_COMMENTS_STRINGS.sub("", line)) and (guess <= 0 or i + 1 <= guess)
+    ]
+    where = ""
+    if candidates:
+        n = candidates[-1]
+        where = f"\nline {n}:\n  {n:>4} | {cell[n - 1]}"
+    return (
+        "the C code compiled, but LLVM's BPF backend cannot translate it: "
+        f"{what}{where}\nBPF has no signed 64-bit division or modulo and no 128-bit "
+        "arithmetic: use unsigned types (u64) for / and %, and 64-bit values."
+    )
+
+
 def compile_source(bcc, src: Source, cflags: list[str] | None = None):
-    """Compile with BCC; CompileError with the user's own lines on failure."""
+    """Compile with BCC and attach the functions named the bcc way.
+
+    CompileError quotes the user's own lines; VerifierError the verifier's last ones.
+    """
     flags = ["-w", *(cflags or [])]
+    if _RISKY.search(_COMMENTS_STRINGS.sub("", src.text)):
+        crash = _backend_crash(bcc, src, flags)
+        if crash is not None:
+            raise CompileError(explain_backend_crash(src, crash))
     try:
         with capture_stderr() as err:
-            return bcc.BPF(text=src.final, cflags=flags)
+            b = _bpf_class(bcc)(text=src.final, cflags=flags)
     except Exception as e:  # noqa: BLE001 - BCC raises plain Exception
         if "Failed to compile" in str(e):
             raise CompileError(explain_compile_error(src, err.text)) from None
-        if "Failed to load" in str(e):
-            raise VerifierError(explain_verifier_error(err.text, e)) from None
         raise CompileError(f"BCC failed: {e}\n{err.text[-2000:]}") from None
+    try:
+        with capture_stderr() as err:
+            bcc.BPF._trace_autoload(b)
+    except BaseException as e:
+        b.cleanup()
+        if isinstance(e, Exception) and "Failed to load" in str(e):
+            raise VerifierError(explain_verifier_error(err.text, e)) from None
+        raise
+    return b
 
 
 def load_or_explain(bpf, fn_name: str, prog_type: int):

@@ -33,6 +33,14 @@ POLL_MS = 50
 _SKIP_TABLES = {frames.PERF_EVENT_ARRAY, frames.RINGBUF, frames.STACK_TRACE, frames.PROG_ARRAY}
 
 
+def check_duration(duration: float | None) -> None:
+    if duration is not None and not 0 < duration <= MAX_DURATION:
+        raise BadArguments(
+            f"--duration {duration:g}: give a number of seconds above 0 and at most "
+            f"{MAX_DURATION:.0f}"
+        )
+
+
 def _as_list(value) -> list[str]:
     if value is None:
         return []
@@ -186,20 +194,20 @@ class Session:
         return self
 
     def _open_channels(self, bcc) -> None:
-        for kind, names in (("perf", self.src.perf_buffers), ("ring", self.src.ring_buffers)):
-            for name in names:
-                try:
-                    dtype = frames.event_dtype(frames.event_fields(bcc, self.bpf, name))
-                except frames.LayoutError as e:
-                    self._warn(f"{name}: {e}; its records are kept as raw bytes")
-                    dtype = None
-                if dtype is not None and not dtype.names:
-                    dtype = None  # nothing sent through it yet: BCC saw no submit call
-                channel = channels.Channel(
-                    name, kind, dtype, limit=self.max_events, stop=self._stop_producers
-                )
-                channel.open(self.bpf, self.perf_pages)
-                self.channels.append(channel)
+        # In the order of program.Source.buffers(): each one's slot in the lost counter.
+        for name, kind in self.src.buffers():
+            try:
+                dtype = frames.event_dtype(frames.event_fields(bcc, self.bpf, name))
+            except frames.LayoutError as e:
+                self._warn(f"{name}: {e}; its records are kept as raw bytes")
+                dtype = None
+            if dtype is not None and not dtype.names:
+                dtype = None  # nothing sent through it yet: BCC saw no submit call
+            channel = channels.Channel(
+                name, kind, dtype, limit=self.max_events, stop=self._stop_producers
+            )
+            channel.open(self.bpf, self.perf_pages)
+            self.channels.append(channel)
 
     def _stop_producers(self, why: str) -> None:
         """End the trace early: detaching stops new records, so the readers finish."""
@@ -260,8 +268,7 @@ class Session:
         progress: Callable[[Session, float], None] | None = None,
     ) -> TraceResult:
         """Trace until the duration ends, the workload exits, or max events; then collect."""
-        if duration is not None and not 0 < duration <= MAX_DURATION:
-            raise BadArguments(f"duration must be between 0 and {MAX_DURATION:.0f} seconds")
+        check_duration(duration)
         limit = duration or (WORKLOAD_LIMIT if workload else DEFAULT_DURATION)
         if self.bpf is None:
             self.start()
@@ -306,8 +313,8 @@ class Session:
             deadline.cancel()
             _restore_sigint(previous_sigint)
             self.detach()
-            if proc is not None and proc.poll() is None:
-                _kill_group(proc)
+            if proc is not None:
+                _kill_group(proc)  # and whatever it left running in the background
         elapsed = time.monotonic() - start
         result = self.collect()
         result.duration = elapsed
@@ -327,9 +334,8 @@ class Session:
             channels.drain(self.bpf, self.channels)
             if self.printk:
                 self.printk.read()
-            ring = [c for c in self.channels if c.kind == "ring"]
-            if ring:
-                channels.ringbuf_losses(self.bpf, program.LOST_MAP, ring)
+            if self.channels:
+                channels.count_lost(self.bpf, program.LOST_MAP, self.channels)
             result = TraceResult(
                 attached=self.attached(), warnings=list(self.warnings), notes=list(self.notes)
             )
@@ -428,15 +434,16 @@ def _restore_sigint(previous) -> None:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    try:
+    """End the workload and every process it started: nothing outlives the cell."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
+    try:
         proc.wait(timeout=2)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever ignored SIGTERM
+    proc.wait()
 
 
 def trace(
@@ -454,6 +461,7 @@ def trace(
     ...     return 0;
     ... }''', run="cat /etc/hostname")          # doctest: +SKIP
     """
+    check_duration(duration)
     with Session(source, **options) as session:
         return session.run(duration=duration, workload=run)
 
