@@ -621,12 +621,25 @@ def elf_symbols(path: str | os.PathLike[str]) -> list[str]:
     From ``.dynsym`` and ``.symtab``: FUNC and GNU IFUNC symbols with a section and
     a non-zero value, version suffixes (``@@GLIBC_2.2.5``) removed.
     """
+    return list(_elf_table(path)[0])
+
+
+def is_ifunc(path: str | os.PathLike[str], symbol: str) -> bool:
+    """Whether ``symbol`` is a GNU indirect function (``i`` in ``nm -D``).
+
+    A uprobe on one fires when the dynamic linker runs its resolver, once, not on each
+    call: glibc's strlen, memcpy and strcmp are such functions.
+    """
+    return symbol.split("@", 1)[0] in _elf_table(path)[1]
+
+
+def _elf_table(path) -> tuple[tuple[str, ...], frozenset[str]]:
     stat = os.stat(path)
-    return list(_elf_symbols(os.path.abspath(path), stat.st_mtime_ns, stat.st_size))
+    return _elf_symbols(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=32)
-def _elf_symbols(path: str, _mtime_ns: int, _size: int) -> tuple[str, ...]:
+def _elf_symbols(path: str, _mtime_ns: int, _size: int) -> tuple[tuple[str, ...], frozenset[str]]:
     # mtime and size are in the key so that a rebuilt binary is read again
     with open(path, "rb") as f:
         try:
@@ -636,10 +649,14 @@ def _elf_symbols(path: str, _mtime_ns: int, _size: int) -> tuple[str, ...]:
     with data:
         sections = _section_headers(data, path)
         names: set[str] = set()
+        ifuncs: set[str] = set()
         for section in sections:
             if section[1] in (_SHT_SYMTAB, _SHT_DYNSYM):
-                names.update(_function_names(data, section, sections[section[6]]))
-    return tuple(sorted(names))
+                for name, ifunc in _function_names(data, section, sections[section[6]]):
+                    names.add(name)
+                    if ifunc:
+                        ifuncs.add(name)
+    return tuple(sorted(names)), frozenset(ifuncs)
 
 
 def _section_headers(data: mmap.mmap, path: str) -> list[tuple[int, ...]]:
@@ -658,7 +675,7 @@ def _section_headers(data: mmap.mmap, path: str) -> list[tuple[int, ...]]:
 
 def _function_names(
     data: mmap.mmap, symtab: tuple[int, ...], strtab: tuple[int, ...]
-) -> Iterable[str]:
+) -> Iterable[tuple[str, bool]]:
     offset, size = symtab[4], symtab[5]
     strings = data[strtab[4] : strtab[4] + strtab[5]]
     table = data[offset : offset + size - size % _SYM.size]
@@ -668,7 +685,7 @@ def _function_names(
         end = strings.find(b"\0", st_name)
         name = strings[st_name:end].decode(errors="replace").split("@", 1)[0]
         if name:
-            yield name
+            yield name, info & 0xF == _STT_GNU_IFUNC
 
 
 def check_symbol(binary: str, symbol: str) -> str:

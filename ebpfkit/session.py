@@ -162,6 +162,15 @@ class Session:
         attach.precheck_auto(self.source)
         for spec in self.specs:
             attach.precheck(spec)
+            if spec.kind in ("uprobe", "uretprobe"):
+                binary, _, symbol = spec.target.rpartition(":")
+                if probes.is_ifunc(probes.resolve_binary(binary), symbol):
+                    self._warn(
+                        f"{symbol} in {binary} is a GNU indirect function (IFUNC, `i` in "
+                        "`nm -D`): the uprobe fires when the dynamic linker resolves it, not on "
+                        "each call, so the counts will be far too low. Probe a function that is "
+                        "not an IFUNC (malloc, getpid, ...) or a binary's own function."
+                    )
         self.src = program.prepare(
             self.source, pid=self.pid, comm=self.comm, fn_names={s.fn for s in self.specs}
         )
