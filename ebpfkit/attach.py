@@ -74,7 +74,8 @@ _EXAMPLES = {
     "perf": "cpu-clock:99",
 }
 
-_DEF = re.compile(r"^[ \t]*(?:int|u32|u64|long)\s+(\w+)\s*\([^;{}]*\)\s*\{", re.M)
+# A definition starts a line or follows a `;` or `}` (one-line cells are common in tests).
+_DEF = re.compile(r"(?:^|(?<=[;}]))[ \t]*(?:int|u32|u64|long)\s+(\w+)\s*\([^;{}]*\)\s*\{", re.M)
 
 
 def candidate_functions(text: str) -> list[str]:

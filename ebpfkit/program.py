@@ -43,7 +43,8 @@ AUTO_PREFIXES = (
 )
 _PROBE_MACROS = r"(?:TRACEPOINT_PROBE|RAW_TRACEPOINT_PROBE|KFUNC_PROBE|KRETFUNC_PROBE)"
 _FUNC_DEF = re.compile(
-    r"^[ \t]*(?:static\s+)?(?:int|u32|u64|void|long)\s+(\w+)\s*\([^;{}]*\)\s*\{", re.M
+    r"(?:^|(?<=[;}]))[ \t]*(?:static\s+)?(?:int|u32|u64|void|long)\s+(\w+)\s*\([^;{}]*\)\s*\{",
+    re.M,
 )
 _MACRO_DEF = re.compile(_PROBE_MACROS + r"\s*\([^)]*\)\s*\{")
 _RINGBUF_DECL = re.compile(r"BPF_RINGBUF_OUTPUT\s*\(\s*(\w+)")
