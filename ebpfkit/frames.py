@@ -281,7 +281,9 @@ def histogram_frame(table, kind: str):
 def symbolize_stack(bpf, stacks_table, stack_id: int, pid: int | None, kernel: bool) -> str:
     """A stack as folded frames, root first: ``main;work;compute``."""
     if stack_id < 0:
-        return "[lost stack]" if stack_id != -14 else "[no stack: EFAULT]"
+        if stack_id == -14:  # EFAULT: no stack of that kind at the sample
+            return "[user mode: no kernel stack]" if kernel else "[kernel thread: no user stack]"
+        return "[lost stack]"  # EEXIST/ENOMEM: the stack map was full
     try:
         addresses = list(stacks_table.walk(stack_id))
     except KeyError:

@@ -347,7 +347,7 @@ def explain_backend_crash(src: Source, output: str) -> str:
 
 
 def compile_source(bcc, src: Source, cflags: list[str] | None = None):
-    """Compile with BCC and attach the functions named the bcc way.
+    """Compile with BCC; attach nothing yet (see ``autoload``).
 
     CompileError quotes the user's own lines; VerifierError the verifier's last ones.
     """
@@ -363,6 +363,15 @@ def compile_source(bcc, src: Source, cflags: list[str] | None = None):
         if "Failed to compile" in str(e):
             raise CompileError(explain_compile_error(src, err.text)) from None
         raise CompileError(f"BCC failed: {e}\n{err.text[-2000:]}") from None
+    return b
+
+
+def autoload(bcc, b) -> None:
+    """Attach the functions named the bcc way (kprobe__..., TRACEPOINT_PROBE).
+
+    Done after the output buffers are open: a record sent before then fails (ENOENT).
+    On failure everything of ``b`` is freed.
+    """
     try:
         with capture_stderr() as err:
             bcc.BPF._trace_autoload(b)
@@ -371,7 +380,6 @@ def compile_source(bcc, src: Source, cflags: list[str] | None = None):
         if isinstance(e, Exception) and "Failed to load" in str(e):
             raise VerifierError(explain_verifier_error(err.text, e)) from None
         raise
-    return b
 
 
 def load_or_explain(bpf, fn_name: str, prog_type: int):

@@ -190,6 +190,7 @@ class Session:
         self.bpf = program.compile_source(bcc, self.src, self.cflags)
         try:
             self._open_channels(bcc)
+            program.autoload(bcc, self.bpf)
             if self.src.uses_printk:
                 self.printk = channels.PrintkReader()
             for spec in self.specs:
@@ -318,14 +319,22 @@ class Session:
                     break
         except KeyboardInterrupt:
             stopped_by = "interrupt"
+        except BaseException:
+            if proc is not None:
+                _kill_group(proc)
+            raise
         finally:
             deadline.cancel()
             _restore_sigint(previous_sigint)
             self.detach()
+        elapsed = time.monotonic() - start
+        try:
+            # The workload lives until its stacks are symbolized: naming user addresses
+            # needs its /proc/PID/maps. The probes are already detached.
+            result = self.collect()
+        finally:
             if proc is not None:
                 _kill_group(proc)  # and whatever it left running in the background
-        elapsed = time.monotonic() - start
-        result = self.collect()
         result.duration = elapsed
         result.stopped_by = stopped_by
         if proc is not None:

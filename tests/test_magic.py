@@ -711,7 +711,8 @@ def test_duration_is_kept_with_a_fast_producer(ip, tmp_path, background, channel
     trace must not go on reading for as long as the producer keeps producing.
     """
     for i in range(2):
-        background.start(tmp_path, HOT_LOOP.format(seconds=5), f"hot{i}")
+        # long enough to outlast a compile on a loaded machine; the fixture stops them
+        background.start(tmp_path, HOT_LOOP.format(seconds=15), f"hot{i}")
     # big buffers (2 MiB): a reader that drains until empty never catches up
     cell = CHANNEL_CELLS[channel].replace(
         "BPF_RINGBUF_OUTPUT(events, 16)", "BPF_RINGBUF_OUTPUT(events, 512)"
