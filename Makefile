@@ -18,8 +18,8 @@ check: setup
 	$(VENV)/bin/ebpfkit check
 
 lint: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check ebpfkit tests
+	$(VENV)/bin/ruff format --check ebpfkit tests
 
 # Unit and real-kernel tests, the notebooks under nbval, then the kprobe lane.
 test: setup lint
