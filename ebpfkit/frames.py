@@ -196,6 +196,8 @@ def _ctype_columns(value, prefix: str) -> dict:
     if isinstance(value, ctypes.Structure) or isinstance(value, ctypes.Union):
         out = {}
         for fname, _ftype in value._fields_:
+            if fname.startswith("__pad"):  # padding BCC adds to match the C layout
+                continue
             out.update(_ctype_columns(getattr(value, fname), fname))
         return out
     if isinstance(value, ctypes.Array):

@@ -227,6 +227,7 @@ class BpfMagics(Magics, Configurable):
         check_duration(duration)
         with session:
             result = session.run(duration=duration, workload=args.run)
+        result.announced = True
         if args.out:
             self.shell.user_ns[args.out] = result
         return result

@@ -308,7 +308,7 @@ def _tracepoint_matches(
 
 
 def list_kernel_functions() -> list[str]:
-    """The kernel's function names, sorted: ftrace's list, else /proc/kallsyms' text symbols."""
+    """The kernel's function names, sorted: ftrace's list and /proc/kallsyms' text symbols."""
     return list(_kernel_functions())
 
 
@@ -322,8 +322,9 @@ def _kernel_functions() -> tuple[str, ...]:
                 names = {line.split(None, 1)[0] for line in f if line.strip()}
         except OSError:
             names = set()
-    if not names:
-        names = _kallsyms_functions()
+    # kprobes attach by kallsyms name, and some entry points are missing from ftrace's
+    # list (6.12 lists __do_sys_getppid, not its alias __x64_sys_getppid): take both.
+    names |= _kallsyms_functions()
     return tuple(sorted(names))
 
 

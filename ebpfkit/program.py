@@ -18,10 +18,13 @@ from .errors import CompileError, VerifierError
 # Counts ring-buffer records the program could not write (buffer full), per buffer.
 LOST_MAP = "__ebpfkit_lost"
 
-_PRELUDE = """\
+# Headers every program may need: learners forget them (struct pt_regs, the perf-event
+# context); session.py hands them to exact.py too.
+INCLUDES = """\
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
 """
+_PRELUDE = INCLUDES
 
 _FILTER = """\
 static inline __attribute__((always_inline)) int __ebpfkit_skip(void) {{

@@ -28,6 +28,8 @@ class TraceResult:
     notes: list = field(default_factory=list)
     output: str = ""
     exit_code: int | None = None
+    # The magic prints warnings and notes as they happen; its result then leaves them out.
+    announced: bool = False
 
     @property
     def total_lost(self) -> int:
@@ -65,11 +67,15 @@ class TraceResult:
         return lines
 
     def __repr__(self) -> str:
-        parts = [
-            *(f"warning: {w}" for w in self.warnings),
-            *(f"note: {n}" for n in self.notes),
-            *self.summary_lines(),
-        ]
+        said = (
+            []
+            if self.announced
+            else [
+                *(f"warning: {w}" for w in self.warnings),
+                *(f"note: {n}" for n in self.notes),
+            ]
+        )
+        parts = [*said, *self.summary_lines()]
         label, df = self.main_frame()
         if df is not None and len(df):
             parts.append(f"{label}:\n{df.head(10).to_string()}")
@@ -77,9 +83,9 @@ class TraceResult:
 
     def _repr_html_(self) -> str:
         out = []
-        for w in self.warnings:
+        for w in [] if self.announced else self.warnings:
             out.append(f"<div style='color:#9a6700'><b>warning:</b> {html.escape(w)}</div>")
-        for n in self.notes:
+        for n in [] if self.announced else self.notes:
             out.append(f"<div style='color:#0969da'><b>note:</b> {html.escape(n)}</div>")
         items = "".join(f"<li>{html.escape(s)}</li>" for s in self.summary_lines())
         if self.total_lost:

@@ -177,7 +177,9 @@ class Session:
         corrected: set[str] = set()
         if self.exact:
             # Kernel structs whose borrowed-header layout is wrong are redefined from BTF.
-            prelude, notes = exact.exact_prelude(self.source)
+            # ebpfkit's own #include lines go through it too: a header included after it
+            # would meet the redefined structs.
+            prelude, notes = exact.exact_prelude(program.INCLUDES + self.source)
             if prelude:
                 self.src.final = prelude + self.src.final
                 self.src.prelude_lines += prelude.count("\n")
