@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 
 from . import attach, channels, exact, frames, layout, probes, program
 from ._bcc import bcc as _bcc
-from .errors import BadArguments, NotPermitted
+from .errors import BadArguments, CompileError, NotPermitted
 from .result import TraceResult
 
 DEFAULT_DURATION = 5.0  # seconds, when there is no workload to wait for
@@ -174,22 +174,34 @@ class Session:
         self.src = program.prepare(
             self.source, pid=self.pid, comm=self.comm, fn_names={s.fn for s in self.specs}
         )
+        plain = self.src.final
         corrected: set[str] = set()
+        notes: list[str] = []
         if self.exact:
             # Kernel structs whose borrowed-header layout is wrong are redefined from BTF.
             # ebpfkit's own #include lines go through it too: a header included after it
             # would meet the redefined structs.
             prelude, notes = exact.exact_prelude(program.INCLUDES + self.source)
             if prelude:
-                self.src.final = prelude + self.src.final
+                self.src.final = prelude + plain
                 self.src.prelude_lines += prelude.count("\n")
                 corrected = exact.corrected_structs(prelude)
-                for note in notes:
-                    self._note(note)
+        try:
+            self.bpf = program.compile_source(bcc, self.src, self.cflags)
+        except CompileError as e:
+            if not corrected or "no member named" not in str(e):
+                raise
+            # A header reached a member the redefinition lacks (a member named through a
+            # macro, say): compile as bcc would, and warn as for any wrong layout.
+            self.src.final = plain
+            self.src.prelude_lines -= prelude.count("\n")
+            corrected, notes = set(), []
+            self.bpf = program.compile_source(bcc, self.src, self.cflags)
+        for note in notes:
+            self._note(note)
         found = [m for m in layout.mismatches(self.source) if m.struct not in corrected]
         if found:
             self._warn(layout.warning_text(found))
-        self.bpf = program.compile_source(bcc, self.src, self.cflags)
         try:
             self._open_channels(bcc)
             program.autoload(bcc, self.bpf)
