@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 
 from . import attach, channels, exact, frames, layout, probes, program
 from ._bcc import bcc as _bcc
-from .errors import BadArguments, CompileError, NotPermitted
+from .errors import BadArguments, CompileError, NotPermitted, ProbeNotFound
 from .result import TraceResult
 
 DEFAULT_DURATION = 5.0  # seconds, when there is no workload to wait for
@@ -146,6 +146,14 @@ class Session:
         available, why = probes.kprobes_available()
         if available:
             return
+        # A misspelt function must not hide behind the fallback: it would fail only on the
+        # kernels that have kprobes.
+        known = set(probes.list_kernel_functions())
+        for spec in kprobes:
+            if known and spec.target not in known:
+                matches = probes.suggest(spec.target, sorted(known))
+                hint = f"; did you mean: {', '.join(matches)}?" if matches else ""
+                raise ProbeNotFound(f"no kernel function {spec.target!r}{hint}")
         self.specs = [s for s in self.specs if s not in kprobes] + self.fallback
         self._note(
             f"this kernel has no kprobes ({why}). Instead of "

@@ -36,7 +36,7 @@ fi
 [ -x .venv/bin/vng ] || .venv/bin/python -m pip install -q virtme-ng >/dev/null 2>&1
 
 kernel="/boot/vmlinuz-$version"
-limit=${VM_TIMEOUT:-1500}
+limit=${VM_TIMEOUT:-2400}
 log=$(mktemp)
 say "booting $kernel (software emulation, limit ${limit}s)"
 start=$(date +%s)
