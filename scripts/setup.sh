@@ -10,7 +10,8 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 say() { printf 'setup: %s\n' "$*"; }
 
-APT_PACKAGES=(python3-bpfcc bpfcc-tools bpftool python3-venv)
+# strace: lessons and tests compare their counts with it.
+APT_PACKAGES=(python3-bpfcc bpfcc-tools bpftool python3-venv strace)
 KREL=$(uname -r)
 ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 
