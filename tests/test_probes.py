@@ -350,6 +350,9 @@ def test_elf_symbols_agree_with_nm(libc):
     ours = set(probes.elf_symbols(libc))
     strong = {name for name, kind in kinds.items() if kind in "Ti"}  # text and IFUNC
     assert strong <= ours
+    # IFUNCs (`i`) are flagged as such, and plain functions are not
+    for name in strong:
+        assert probes.is_ifunc(libc, name) == (kinds[name] == "i"), name
     # everything we call a function nm shows as code: T, W (weak) or i (IFUNC)
     assert all(kinds.get(name) in ("T", "W", "i") for name in ours)
     for name in LIBC_FUNCTIONS:
