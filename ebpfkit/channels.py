@@ -102,6 +102,14 @@ class Channel:
             return pd.DataFrame({"bytes": self.chunks})
         return frames.decode(self.chunks, self.dtype, wall_offset_ns)
 
+    def recent(self, n: int, wall_offset_ns: int | None):
+        """The last ``n`` records received so far, decoded: what a live view shows."""
+        import pandas as pd
+
+        if self.dtype is None:
+            return pd.DataFrame({"bytes": self.chunks[-n:]})
+        return frames.decode(self.chunks[-n:], self.dtype, wall_offset_ns)
+
 
 def poll(bpf, channels: list[Channel], timeout_ms: int) -> None:
     """Wait up to ``timeout_ms`` for records and read what is there."""
