@@ -522,10 +522,12 @@ def _layout(bcc, report: Report, kind: str) -> None:
             "struct layouts",
             WARN,
             f"the {kind} headers lay task_struct out differently from the running kernel "
-            f"({len(wrong)} of {len(kernel)} fields differ): programs that dereference kernel "
-            "structs read wrong memory, silently",
-            "read kernel data through helpers (bpf_get_current_pid_tgid, bpf_get_current_comm), "
-            "tracepoint args and probe arguments; or install linux-headers for this exact kernel",
+            f"({len(wrong)} of {len(kernel)} fields differ): bcc programs that dereference "
+            "kernel structs read wrong memory, silently",
+            "%%bpf and ebpfkit.trace redefine such structs from the kernel's BTF (on by "
+            "default; --headers-layout turns it off); in plain bcc, read kernel data through "
+            "helpers, tracepoint args and probe arguments, or install linux-headers for this "
+            "exact kernel",
         )
     else:
         report.add("struct layouts", OK, "the headers' task_struct agrees with the kernel's BTF")
