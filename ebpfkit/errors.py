@@ -52,3 +52,7 @@ class AttachError(EbpfkitError):
 
 class BadArguments(EbpfkitError):
     """The magic's line or the API call was given options that do not fit."""
+
+
+class RecordingError(EbpfkitError):
+    """A recording that is missing, damaged, of another format, or too new to replay."""

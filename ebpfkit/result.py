@@ -30,6 +30,24 @@ class TraceResult:
     exit_code: int | None = None
     # The magic prints warnings and notes as they happen; its result then leaves them out.
     announced: bool = False
+    # The C source and options that made it (kept in recordings), and for a replayed
+    # result, when and where it was recorded (ebpfkit.recording): None for a live trace.
+    cell: dict | None = None
+    recorded: dict | None = None
+
+    def save(self, path):
+        """Save this result to one file that ``ebpfkit.replay(path)`` loads back exactly."""
+        from .recording import save
+
+        return save(self, path)
+
+    def recording_line(self) -> str:
+        """For a replayed result, the first line of its output: a recording, not live."""
+        r = self.recorded or {}
+        return (
+            f"RECORDING made on {r.get('date', '?')} on {r.get('system', 'Linux')} "
+            f"{r.get('kernel', '?')} - not a live trace"
+        )
 
     @property
     def total_lost(self) -> int:
@@ -76,6 +94,8 @@ class TraceResult:
             ]
         )
         parts = [*said, *self.summary_lines()]
+        if self.recorded is not None:
+            parts.insert(0, self.recording_line())
         label, df = self.main_frame()
         if df is not None and len(df):
             parts.append(f"{label}:\n{df.head(10).to_string()}")
@@ -83,6 +103,11 @@ class TraceResult:
 
     def _repr_html_(self) -> str:
         out = []
+        if self.recorded is not None:
+            out.append(
+                "<div style='border:2px solid #8250df;background:#fbefff;padding:2px 8px'>"
+                f"<b>{html.escape(self.recording_line())}</b></div>"
+            )
         for w in [] if self.announced else self.warnings:
             out.append(f"<div style='color:#9a6700'><b>warning:</b> {html.escape(w)}</div>")
         for n in [] if self.announced else self.notes:
@@ -100,3 +125,172 @@ class TraceResult:
             out.append(f"<p><b>{html.escape(label)}</b> ({len(df)} rows), first 10:</p>")
             out.append(df.head(10).to_html(index=False, max_cols=12))
         return "\n".join(out)
+
+    # ------------------------------------------------------------ pictures (ebpfkit.plots)
+
+    def _frame_named(self, name: str, what: str):
+        if name in self.maps:
+            return self.maps[name]
+        if name in self.channels:
+            return self.channels[name]
+        from .errors import BadArguments
+
+        raise BadArguments(
+            f"{what}: no map or buffer named {name!r}; this trace has maps "
+            f"{', '.join(self.maps) or '(none)'} and buffers {', '.join(self.channels) or '(none)'}"
+        )
+
+    def _first(self, test, what: str, hint: str):
+        """The events if ``test`` accepts them, else the first map it accepts."""
+        for df in [self.events, *self.maps.values()]:
+            if df is not None and len(df.columns) and test(df):
+                return df
+        from .errors import BadArguments
+
+        raise BadArguments(
+            f"{what}: {hint}; this trace has maps {', '.join(self.maps) or '(none)'}"
+        )
+
+    def plot_hist(self, name: str | None = None, **options):
+        """A histogram map as bars (see ``ebpfkit.plots.hist``): ``r.plot_hist("dist")``."""
+        from . import plots
+
+        if name is None:
+            df = self._first(
+                lambda d: {"low", "high", "count"} <= set(d.columns),
+                "plot_hist()",
+                "no histogram map (BPF_HISTOGRAM) to draw",
+            )
+            name = next((n for n, d in self.maps.items() if d is df), "histogram")
+        else:
+            df = self._frame_named(name, "plot_hist()")
+        kind = "linear" if len(df) and (df["low"] == df["high"]).all() else "log2"
+        total = int(df["count"].sum()) if "count" in df.columns else 0
+        options.setdefault("title", f"{name}: {total:,} counts, {kind} buckets")
+        return plots.hist(df, **options)
+
+    def plot_rate(self, every=None, *, channel: str | None = None, **options):
+        """Events per second over time (see ``ebpfkit.plots.rate``):
+        ``r.plot_rate(every="100ms", by="comm")``."""
+        from . import plots
+
+        df = self.events if channel is None else self._frame_named(channel, "plot_rate()")
+        if df is None:
+            from .errors import BadArguments
+
+            raise BadArguments("plot_rate(): this trace has no events (no output buffer)")
+        return plots.rate(df, every, **options)
+
+    def plot_top(self, name: str | None = None, n: int = 10, **options):
+        """The n largest counts of a count map, or events counted ``by`` a column
+        (see ``ebpfkit.plots.top``): ``r.plot_top("counts", n=10)``, ``r.plot_top(by="comm")``."""
+        from . import plots
+
+        if name is not None:
+            df = self._frame_named(name, "plot_top()")
+        elif options.get("by") is not None and self.events is not None:
+            df = self.events
+        else:
+            df = self._first(
+                lambda d: "value" in d.columns,
+                "plot_top()",
+                "name the count map to draw, or count events with by=COLUMN",
+            )
+        return plots.top(df, n, **options)
+
+    def plot_cpus(self, name: str | None = None, *, hz: float | None = None, **options):
+        """Samples per CPU (see ``ebpfkit.plots.cpus``); ``hz`` draws the expected count,
+        hz x the seconds traced: ``r.plot_cpus("cpu_samples", hz=99)``."""
+        from . import plots
+
+        if name is not None:
+            df = self._frame_named(name, "plot_cpus()")
+        else:
+            df = self._first(
+                lambda d: "cpu" in d.columns or any(plots._is_cpu_column(c) for c in d.columns),
+                "plot_cpus()",
+                "no events or map with a cpu column (bpf_get_smp_processor_id()); name the map",
+            )
+        if hz is not None:
+            options.setdefault("expected", hz * self.duration)
+        if getattr(self, "recorded", None) is None:  # a live trace: this machine's CPUs
+            from .tools.perf import online_cpus
+
+            options.setdefault("cpus", online_cpus())
+        return plots.cpus(df, **options)
+
+    def _stacks(self, name: str | None):
+        if name is not None:
+            return self._frame_named(name, "folded()")
+        from . import plots
+
+        return self._first(
+            lambda d: bool(plots._stack_columns(d)),
+            "folded()",
+            "no stacks: use a BPF_STACK_TRACE map and keep stacks.get_stackid() ids in a map "
+            "or in the events",
+        )
+
+    def folded(self, name: str | None = None, *, root: str | None = "comm"):
+        """Sampled stacks folded, ``stack`` and ``count`` (see ``ebpfkit.plots.folded``)."""
+        from . import plots
+
+        return plots.folded(self._stacks(name), root=root)
+
+    def write_folded(self, path, name: str | None = None, *, root: str | None = "comm"):
+        """Write the folded stacks for flamegraph.pl, inferno or speedscope; returns the path."""
+        from . import plots
+
+        return plots.write_folded(self.folded(name, root=root), path)
+
+    def plot_flame(self, name: str | None = None, *, root: str | None = "comm", **options):
+        """A flame graph of the sampled stacks, kernel frames in blue
+        (see ``ebpfkit.plots.flame``): ``r.plot_flame()``, ``r.plot_flame(icicle=True)``."""
+        from . import plots
+
+        df = self._stacks(name)
+        kernel = set()
+        for frames, id_col in plots._stack_columns(df):
+            if "user" in frames or frames.startswith("u"):
+                continue
+            rows = df if id_col is None else df[df[id_col] >= 0]
+            kernel.update(f for stack in rows[frames] for f in str(stack).split(";"))
+        options.setdefault("kernel", kernel)
+        return plots.flame(plots.folded(df, root=root), **options)
+
+    def _events_where(self, which, what: str):
+        """A buffer by name, a DataFrame as it is, or a query on the events (``"kind == 0"``)."""
+        import pandas as pd
+
+        if isinstance(which, pd.DataFrame):
+            return which
+        if isinstance(which, str) and which in self.channels:
+            return self.channels[which]
+        from .errors import BadArguments
+
+        if self.events is None:
+            raise BadArguments(f"latency({what}=...): this trace has no events")
+        try:
+            return self.events.query(which)
+        except Exception as e:
+            raise BadArguments(
+                f"latency({what}={which!r}): neither a buffer of this trace "
+                f"({', '.join(self.channels) or 'none'}) nor a condition on the events "
+                f"like 'kind == 0' ({e})"
+            ) from None
+
+    def latency(self, enter, exit, *, key="pid", ts: str | None = None):
+        """Enter/exit events paired by ``key``, one row per call with ``latency_ns``
+        (see ``ebpfkit.plots.latency``). ``enter`` and ``exit``: buffer names, or
+        conditions on the events: ``r.latency("kind == 0", "kind == 1", key="tid")``."""
+        from . import plots
+
+        return plots.latency(
+            self._events_where(enter, "enter"), self._events_where(exit, "exit"), key=key, ts=ts
+        )
+
+    def plot_latency(self, enter, exit, *, key="pid", ts: str | None = None, **options):
+        """A log2 histogram of the paired calls' latency (see ``ebpfkit.plots.latency_hist``)."""
+        from . import plots
+
+        return plots.latency_hist(self.latency(enter, exit, key=key, ts=ts), **options)
