@@ -1,10 +1,14 @@
 """Reading what programs send: perf buffers, ring buffers and bpf_trace_printk.
 
-Records are kept as raw bytes, one chunk per record, and decoded in bulk at the
-end (``frames.decode``); no Python object is built per field. Losses are
-counted, never silent: a perf buffer reports the records it dropped, and for a
-ring buffer the program's own failed writes are counted in the kernel
-(``program.count_losses``).
+Both kinds of buffer are read through their own memory (``ringbuf.RingReader``,
+``perfbuf.PerfReader``): what is there is copied out in one go, and records of
+the struct's size are kept as blocks of one numpy array each; no Python object is
+made per record. The producers send no wake-ups (``program.count_losses`` adds
+``BPF_RB_NO_WAKEUP``; perf events wake on a half-full watermark): ``poll`` reads
+on a timer, coming back sooner the faster the buffers fill.
+
+Losses are counted, never silent: each failed write is counted by the program
+itself (``program.count_losses``), which is exact for both kinds.
 """
 
 from __future__ import annotations
@@ -21,9 +25,16 @@ import numpy as np
 
 from . import frames, probes
 from .errors import AttachError
+from .perfbuf import PerfReader, online_cpus
+from .ringbuf import RingReader
 
-DEFAULT_PERF_PAGES = 64  # per CPU: 256 KiB with 4 KiB pages
-PERF_WAKEUP_EVENTS = 32  # batch wake-ups instead of one per record
+DEFAULT_PERF_PAGES = (
+    256  # per CPU, 1 MiB: ~20 ms of a 1 M records/s flood, if the reader is preempted
+)
+PERF_WAKEUP_EVENTS = 32  # kept for callers; the readers need no wake-up at all
+MAX_NAP = 0.001  # s: the longest wait between two reads of a buffer
+MIN_NAP = 0.0001  # s: below this, read again at once rather than sleep
+FILL_TARGET = 0.25  # come back before a buffer is more than this full
 
 
 @dataclass
@@ -33,29 +44,22 @@ class Channel:
     name: str
     kind: str  # "perf" or "ring"
     dtype: np.dtype | None
-    chunks: list = field(default_factory=list)
     received: int = 0
     lost: int = 0
     limit: int | None = None  # keep at most this many records (--max-events)
     # Called (once) when reading should end early: max events reached or Ctrl-C.
     stop: Callable[[str], None] | None = None
     stopped: str = ""
+    # Records as read: structured arrays of ``_layout`` (the struct at the reader's data
+    # offset, one buffer slot per row), or, without a dtype, the readers' raw blocks.
+    blocks: list = field(default_factory=list)
+    reader: RingReader | PerfReader | None = None
+    _layout: np.dtype | None = None
+    _last_read: float = 0.0
 
     @property
     def full(self) -> bool:
         return self.limit is not None and self.received >= self.limit
-
-    def _keep(self, data, size: int) -> None:
-        if self.full:
-            return
-        self.received += 1
-        itemsize = self.dtype.itemsize if self.dtype is not None else size
-        raw = ctypes.string_at(data, min(size, itemsize))
-        if len(raw) < itemsize:  # a shorter record than the struct: pad with zeros
-            raw += bytes(itemsize - len(raw))
-        self.chunks.append(raw)
-        if self.full:
-            self._stop("max events")
 
     def _stop(self, why: str) -> None:
         if not self.stopped:
@@ -63,74 +67,193 @@ class Channel:
             if self.stop:
                 self.stop(why)
 
-    def _record(self, data, size: int) -> int:
-        # BCC's readers keep reading while records keep coming, and ctypes swallows an
-        # exception raised in a callback: Ctrl-C must be caught here, and the producers
-        # stopped, or a busy trace could not be interrupted.
-        try:
-            self._keep(data, size)
-        except KeyboardInterrupt:
-            self._stop("interrupt")
-        return -1 if self.stopped else 0  # a ring buffer stops consuming on non-zero
-
     def open(self, bpf, perf_pages: int = DEFAULT_PERF_PAGES) -> None:
         table = bpf[self.name]
-        if self.kind == "perf":
-
-            def on_record(cpu, data, size):
-                self._record(data, size)
-
-            # Drops are counted in the kernel (count_lost); the kernel's own late report of
-            # them is only acknowledged here, so that BCC does not print it.
-            table.open_perf_buffer(
-                on_record,
-                page_cnt=perf_pages,
-                lost_cb=lambda count: None,
-                wakeup_events=PERF_WAKEUP_EVENTS,
+        try:
+            if self.kind == "perf":
+                self.reader = PerfReader(table, online_cpus(), perf_pages)
+            else:
+                self.reader = RingReader(table.map_fd)
+        except OSError as e:
+            size = (
+                f"{perf_pages} pages per CPU (--buffer-pages)"
+                if self.kind == "perf"
+                else "the pages given to BPF_RINGBUF_OUTPUT"
             )
-        else:
+            raise AttachError(
+                f"{self.name}: the {self.kind} buffer could not be mapped into memory ({e}). "
+                f"Without root, locked memory is limited (perf_event_mlock_kb, ulimit -l): "
+                f"make it smaller than {size}, or run as root."
+            ) from None
+        if self.dtype is not None:
+            self._layout = _slot_layout(self.dtype, self.reader)
+        self._last_read = time.monotonic()
 
-            def on_record(ctx, data, size):
-                return self._record(data, size)
+    def read(self) -> int:
+        """Take what the buffer holds; the bytes consumed."""
+        if self.reader is None or self.full:
+            return 0
+        left = None if self.limit is None else self.limit - self.received
+        blocks, consumed = self.reader.read(left)
+        for block in blocks:
+            self._keep(block)
+        if self.full:
+            self._stop("max events")
+        return consumed
 
-            table.open_ring_buffer(on_record)
+    def _keep(self, block) -> None:
+        n = len(block.rows)
+        if self.limit is not None:
+            n = min(n, self.limit - self.received)
+        if n <= 0:
+            return
+        rows = block.rows[:n]
+        if self._layout is None:
+            self.blocks.append(type(block)(rows, block.offset, block.length))
+            self.received += n
+            return
+        stride, start = self._layout.itemsize, self.reader.data_offset
+        if rows.shape[1] != stride or block.offset != start or block.length < self.dtype.itemsize:
+            # A record of another size than the struct: cut it, or pad it with zeros.
+            fixed = np.zeros((n, stride), np.uint8)
+            m = min(block.length, self.dtype.itemsize)
+            fixed[:, start : start + m] = rows[:, block.offset : block.offset + m]
+            rows = fixed
+        self.blocks.append(np.ascontiguousarray(rows).view(self._layout).reshape(n))
+        self.received += n  # after the append: a live view may be reading from another thread
+
+    def close(self) -> None:
+        """Unmap the buffer: nothing more is read."""
+        if self.reader is not None:
+            self.reader.close()
+
+    # ------------------------------------------------------------ what was read
+
+    def records(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Records ``start:stop`` of those received, as one structured array."""
+        if self._layout is None:
+            raise ValueError(f"{self.name}: records of unknown layout have no dtype")
+        stop = self.received if stop is None else min(stop, self.received)
+        parts, seen = [], 0
+        for block in self.blocks:
+            lo, hi = max(start - seen, 0), min(stop - seen, len(block))
+            if lo < hi:
+                parts.append(block[lo:hi])
+            seen += len(block)
+            if seen >= stop:
+                break
+        if not parts:
+            return np.empty(0, self._layout)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _raw(self, start: int = 0) -> list[bytes]:
+        out: list[bytes] = []
+        for block in self.blocks:
+            out += [bytes(r[block.offset : block.offset + block.length]) for r in block.rows]
+        return out[start:]
+
+    @property
+    def chunks(self) -> _Records:
+        """The records received so far, sliceable by record (``frames.decode`` reads it)."""
+        return _Records(self, 0, None)
 
     def frame(self, wall_offset_ns: int | None):
         import pandas as pd
 
-        if self.dtype is None:
-            return pd.DataFrame({"bytes": self.chunks})
-        return frames.decode(self.chunks, self.dtype, wall_offset_ns)
+        if self._layout is None:
+            return pd.DataFrame({"bytes": self._raw()})
+        return frames.records_frame(self.records(), wall_offset_ns)
 
     def recent(self, n: int, wall_offset_ns: int | None):
         """The last ``n`` records received so far, decoded: what a live view shows."""
         import pandas as pd
 
-        if self.dtype is None:
-            return pd.DataFrame({"bytes": self.chunks[-n:]})
-        return frames.decode(self.chunks[-n:], self.dtype, wall_offset_ns)
+        start = max(self.received - max(n, 0), 0)
+        if self._layout is None:
+            return pd.DataFrame({"bytes": self._raw(start)})
+        return frames.records_frame(self.records(start), wall_offset_ns)
+
+
+class _Records:
+    """A slice of a channel's records: ``len`` counts records, numpy reads them at once."""
+
+    def __init__(self, channel: Channel, start: int, stop: int | None):
+        self.channel, self.start = channel, start
+        self.stop = channel.received if stop is None else min(stop, channel.received)
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __getitem__(self, item):
+        if not isinstance(item, slice) or item.step not in (None, 1):
+            raise TypeError("records are sliced by range only")
+        start, stop, _ = item.indices(len(self))
+        return _Records(self.channel, self.start + start, self.start + max(stop, start))
+
+    def __array__(self, dtype=None, copy=None):
+        records = self.channel.records(self.start, self.stop)
+        return records if dtype is None else records.astype(dtype)
+
+
+def _slot_layout(dtype: np.dtype, reader) -> np.dtype:
+    """The struct's dtype as it sits in a buffer slot: past the header, one slot per row."""
+    fields = dtype.fields
+    names = list(dtype.names)
+    return np.dtype(
+        {
+            "names": names,
+            "formats": [fields[n][0] for n in names],
+            "offsets": [fields[n][1] + reader.data_offset for n in names],
+            "itemsize": reader.stride(dtype.itemsize),
+        }
+    )
 
 
 def poll(bpf, channels: list[Channel], timeout_ms: int) -> None:
-    """Wait up to ``timeout_ms`` for records and read what is there."""
-    perf = [c for c in channels if c.kind == "perf"]
-    ring = [c for c in channels if c.kind == "ring"]
-    share = max(1, timeout_ms // (bool(perf) + bool(ring) or 1))
-    if perf:
-        bpf.perf_buffer_poll(timeout=share)
-        bpf.perf_buffer_consume()  # records below the wake-up batch size
-    if ring:
-        bpf.ring_buffer_poll(timeout=share)
-    if not perf and not ring:
-        time.sleep(timeout_ms / 1000)
+    """Read the buffers for ``timeout_ms``, as often as their filling asks.
+
+    Producers send no wake-ups, so nothing is waited on: after each read the nap is
+    chosen so that, at the rate the fullest buffer just filled, it is back before
+    that buffer is a quarter full.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    live = [c for c in channels if c.reader is not None]
+    while True:
+        fill_rate = 0.0  # fraction of a buffer per second, the fastest one
+        for c in live:
+            if c.full or c.stopped:
+                continue
+            consumed = c.read()
+            now = time.monotonic()
+            elapsed = max(now - c._last_read, 1e-6)
+            c._last_read = now
+            fill_rate = max(fill_rate, consumed / c.reader.capacity / elapsed)
+        now = time.monotonic()
+        left = deadline - now
+        if left <= 0 or not live or all(c.full or c.stopped for c in live):
+            if left > 0 and not live:
+                time.sleep(left)
+            return
+        nap = min(MAX_NAP, left, FILL_TARGET / fill_rate if fill_rate else MAX_NAP)
+        if nap >= MIN_NAP:
+            time.sleep(nap)
 
 
 def drain(bpf, channels: list[Channel]) -> None:
-    """Read everything still in the buffers, after the probes are detached."""
-    if any(c.kind == "perf" for c in channels):
-        bpf.perf_buffer_consume()
-    if any(c.kind == "ring" for c in channels):
-        bpf.ring_buffer_consume()
+    """Read everything still in the buffers, after the probes are detached; then unmap them.
+
+    Bounded: should a probe still be attached, at most a few buffers' worth is read.
+    """
+    for c in channels:
+        if c.reader is None:
+            continue
+        budget = 4 * c.reader.capacity
+        while budget > 0 and not c.full:
+            consumed = c.read()
+            if not consumed:
+                break
+            budget -= consumed
+        c.close()
 
 
 def count_lost(bpf, lost_map: str, channels: list[Channel]) -> None:

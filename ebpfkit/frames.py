@@ -147,15 +147,41 @@ def monotonic_to_wall_ns() -> int:
 
 
 def decode_strings(column: np.ndarray):
-    """Bytes columns (char arrays) as text, cut at the first NUL."""
+    """Bytes columns (char arrays) as text, cut at the first NUL; repeated ones categorical.
+
+    Each distinct value is decoded once: the fixed-width bytes are numbered by hashing
+    them as 8-byte words (``pandas.factorize``), so no Python object is made per row.
+    """
     import pandas as pd
 
-    # numpy's S dtype drops trailing NULs but not bytes after the first one.
-    values = [v.split(b"\0", 1)[0].decode("utf-8", "replace") for v in column.tolist()]
-    series = pd.Series(values, dtype="object")
-    if len(series) > 32 and series.nunique() <= max(1, len(series) // 4):
-        return series.astype("category")
-    return series
+    n = len(column)
+    width = column.dtype.itemsize
+    if n == 0 or width == 0:
+        return pd.Series([""] * n, dtype="object")
+    # The same bytes seen as integers of 8, 4, 2 and 1 bytes: a view, even of a column
+    # of a larger record, since the item size stays the same.
+    names, formats, offsets, at = [], [], [], 0
+    for size in (8, 4, 2, 1):
+        while width - at >= size:
+            names.append(f"w{at}")
+            formats.append(f"u{size}")
+            offsets.append(at)
+            at += size
+    words = column.view(np.dtype({"names": names, "formats": formats, "offsets": offsets}))
+    codes, _ = pd.factorize(words[names[0]])
+    for name in names[1:]:
+        more, uniques = pd.factorize(words[name])
+        codes, _ = pd.factorize(codes.astype(np.int64) * len(uniques) + more)
+    # factorize numbers values in order of first appearance: a new running maximum
+    # is a first appearance. numpy's S dtype drops trailing NULs, not bytes past one.
+    high = np.maximum.accumulate(codes)
+    firsts = np.concatenate(([0], np.flatnonzero(high[1:] != high[:-1]) + 1))
+    texts = [v.split(b"\0", 1)[0].decode("utf-8", "replace") for v in column[firsts].tolist()]
+    labels, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    codes = inverse.reshape(-1)[codes]
+    if n > 32 and len(labels) <= max(1, n // 4):
+        return pd.Series(pd.Categorical.from_codes(codes, categories=labels))
+    return pd.Series(labels.astype(object)[codes], dtype="object")
 
 
 def records_frame(records: np.ndarray, wall_offset_ns: int | None = None):
@@ -176,10 +202,14 @@ def records_frame(records: np.ndarray, wall_offset_ns: int | None = None):
     return pd.DataFrame(columns)
 
 
-def decode(chunks: list[bytes], dtype: np.ndarray, wall_offset_ns: int | None = None):
-    data = b"".join(chunks)
-    n = len(data) // dtype.itemsize
-    records = np.frombuffer(data, dtype=dtype, count=n)
+def decode(chunks, dtype: np.dtype, wall_offset_ns: int | None = None):
+    """Records as a DataFrame: from a list of raw records (bytes), or anything numpy
+    reads as a structured array (a channel's ``chunks`` slice, an array of records)."""
+    if isinstance(chunks, (list, tuple)):
+        data = b"".join(chunks)
+        records = np.frombuffer(data, dtype=dtype, count=len(data) // dtype.itemsize)
+    else:
+        records = np.asarray(chunks)
     return records_frame(records, wall_offset_ns)
 
 

@@ -95,6 +95,52 @@ _WRITES = {
     "ring": (("ringbuf_output", "int", "__r < 0"), ("ringbuf_reserve", "void *", "!__r")),
     "perf": (("perf_submit", "int", "__r < 0"),),
 }
+# Ring-buffer calls that commit a record, and the place of their flags argument. ebpfkit
+# reads the buffer on a timer, so the producers are told not to wake anyone up: a
+# wake-up per record would cost the traced program more than the record itself.
+_COMMITS = {"ringbuf_output": 2, "ringbuf_submit": 1, "ringbuf_discard": 1}
+NO_WAKEUP = "BPF_RB_NO_WAKEUP"
+
+
+def _split_args(inner: str) -> list[str]:
+    """A call's arguments, split at the commas outside parentheses and brackets."""
+    args, depth, start = [], 0, 0
+    for i, ch in enumerate(inner):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            args.append(inner[start:i])
+            start = i + 1
+    args.append(inner[start:])
+    return args
+
+
+def _no_wakeup(call: str, method: str) -> str:
+    """``call`` (``name.method(...)``) with its flags argument set to BPF_RB_NO_WAKEUP."""
+    place = _COMMITS[method]
+    open_at = call.index("(")
+    args = _split_args(call[open_at + 1 : -1])
+    if len(args) != place + 1:
+        return call  # not the documented form: leave it to clang to judge
+    args[place] = f" {NO_WAKEUP}"
+    return call[: open_at + 1] + ",".join(args) + ")"
+
+
+def _rewrite_calls(text: str, name: str, method: str, rewrite) -> str:
+    pattern = re.compile(rf"\b{name}\s*\.\s*{method}\s*\(")
+    pos = 0
+    while True:
+        m = pattern.search(text, pos)
+        if not m:
+            return text
+        end = _match_paren(text, m.end() - 1)
+        if end < 0:
+            return text
+        new = rewrite(text[m.start() : end])
+        text = text[: m.start()] + new + text[end:]
+        pos = m.start() + len(new)
 
 
 def count_losses(text: str, buffers: list[tuple[str, str]]) -> str:
@@ -103,25 +149,23 @@ def count_losses(text: str, buffers: list[tuple[str, str]]) -> str:
     The kernel reports a full perf buffer's drops only when a later record reaches the same
     CPU's buffer, so drops at the end of a burst would go unreported; a ring buffer reports
     none at all. Counting failed writes in the program itself is exact for both.
+    Ring-buffer commits also get BPF_RB_NO_WAKEUP (see ``_COMMITS``).
     """
     for index, (name, kind) in enumerate(buffers):
+        if kind == "ring":
+            for method in _COMMITS:
+                text = _rewrite_calls(
+                    text, name, method, lambda call, method=method: _no_wakeup(call, method)
+                )
         for method, rtype, failed in _WRITES[kind]:
-            pattern = re.compile(rf"\b{name}\s*\.\s*{method}\s*\(")
-            pos = 0
-            while True:
-                m = pattern.search(text, pos)
-                if not m:
-                    break
-                end = _match_paren(text, m.end() - 1)
-                if end < 0:
-                    break
-                call = text[m.start() : end]
-                wrapped = (
+
+            def wrap(call, rtype=rtype, failed=failed, index=index):
+                return (
                     f"({{ {rtype} __r = {call}; if ({failed}) {{ int __k = {index}; "
                     f"u64 *__v = {LOST_MAP}.lookup(&__k); if (__v) (*__v)++; }} __r; }})"
                 )
-                text = text[: m.start()] + wrapped + text[end:]
-                pos = m.start() + len(wrapped)
+
+            text = _rewrite_calls(text, name, method, wrap)
     return text
 
 

@@ -163,11 +163,11 @@ def trace_syscalls(
         if on_events is None or not s.channels:
             return
         channel = s.channels[0]
-        if channel.dtype is None or len(channel.chunks) <= shown[0]:
+        if channel.dtype is None or channel.received <= shown[0]:
             return
         from .. import frames
 
-        new = channel.chunks[shown[0] :]
+        new = channel.records(shown[0])
         shown[0] += len(new)
         on_events(events_frame(frames.decode(new, channel.dtype, s.wall_offset)))
 
