@@ -4,15 +4,22 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8888
+TOKEN ?=
+HANDOUTS ?= handouts
+HANDOUTS_FLAGS ?= --pdf
 
-.PHONY: setup lab test test-vm lint check clean
+.PHONY: setup lab handouts test test-vm lint check clean
 
 setup:
 	@bash scripts/setup.sh
 
-lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(PORT) \
-	  --allow-root --no-browser --ServerApp.open_browser=False
+# scripts/lab.sh runs the set-up, installs the root kernel, prints the address with its token.
+lab:
+	@PORT=$(PORT) TOKEN=$(TOKEN) bash scripts/lab.sh
+
+# Every lesson executed, with its plots, as HTML (and PDF where Chromium is) in $(HANDOUTS)/.
+handouts: setup
+	$(VENV)/bin/ebpfkit handouts $(HANDOUTS) $(HANDOUTS_FLAGS)
 
 check: setup
 	$(VENV)/bin/ebpfkit check

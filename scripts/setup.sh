@@ -10,8 +10,9 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 say() { printf 'setup: %s\n' "$*"; }
 
-# strace: lessons and tests compare their counts with it.
-APT_PACKAGES=(python3-bpfcc bpfcc-tools bpftool python3-venv strace)
+# strace: lessons and tests compare their counts with it. chromium: the browser test drives
+# JupyterLab with it through Playwright (Playwright's own browser downloads are not used).
+APT_PACKAGES=(python3-bpfcc bpfcc-tools bpftool python3-venv strace chromium)
 KREL=$(uname -r)
 ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 
@@ -90,9 +91,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ]; then
     say "pip install failed (log above, also in $log)"
     exit 1
   fi
-  "$VENV/bin/python" -m ipykernel install --sys-prefix --name ebpfkit \
-    --display-name "Python 3 (ebpfkit)" >/dev/null
   echo "$want_stamp" >"$stamp"
   say "installed ebpfkit and its dependencies into $VENV"
+fi
+# 5. The Jupyter kernel the notebooks name, "Python 3 (ebpfkit, root)": eBPF needs root, so
+# for a non-root user it runs through sudo -n (`ebpfkit kernel check` says what sudo needs).
+if [ ! -e "$VENV/share/jupyter/kernels/ebpfkit/kernel.json" ] ||
+   ! grep -q '"ebpfkit"' "$VENV/share/jupyter/kernels/ebpfkit/kernel.json"; then
+  if "$VENV/bin/ebpfkit" kernel install --sys-prefix --quiet; then
+    say "installed the Jupyter kernel 'ebpfkit' (runs as root)"
+  else
+    say "no Jupyter kernel 'ebpfkit' (the reason is above); the notebooks need it"
+  fi
 fi
 say "ready"
