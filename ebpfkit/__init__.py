@@ -13,7 +13,21 @@ from __future__ import annotations
 
 from ._bcc import find_bcc as _find_bcc
 
-__all__ = ["Session", "TraceResult", "check", "load", "load_ipython_extension", "trace"]
+__all__ = [
+    "Session",
+    "TraceResult",
+    "check",
+    "load",
+    "load_ipython_extension",
+    "plots",
+    "replay",
+    "replaying",
+    "sessions",
+    "start",
+    "stop_all",
+    "trace",
+    "unload_ipython_extension",
+]
 __version__ = "0.1.0"
 
 # Make `import bcc` work from a venv or conda that lacks the distribution's module.
@@ -25,6 +39,55 @@ def trace(source: str, **options):
     from .session import trace as _trace
 
     return _trace(source, **options)
+
+
+def replay(path):
+    """A saved trace (``result.save(path)``) as a TraceResult marked as a recording.
+
+    ``path`` is a file, or the name of one in the recordings folder
+    (``$EBPFKIT_RECORDINGS``, else ./recordings). Needs neither root nor BCC.
+    """
+    from .recording import find, load
+
+    return load(find(path))
+
+
+def replaying() -> bool:
+    """True when ``%%bpf --recording`` cells will show recordings instead of tracing.
+
+    That is when ``$EBPFKIT_MODE`` is ``replay``, or ``auto`` (the default) in a process
+    that may not load BPF programs. Lessons use it to skip cells that need root::
+
+        if not ebpfkit.replaying():
+            !syscount-bpfcc -d 1
+    """
+    from .recording import replaying as _replaying
+
+    return _replaying()
+
+
+def start(source: str, **options):
+    """Trace ``source`` in the background; a handle with ``.frame()`` and ``.stop()``.
+
+    See ``background.start``: ``name=``, ``duration=``, ``run=`` and Session's options.
+    """
+    from .background import start as _start
+
+    return _start(source, **options)
+
+
+def sessions() -> dict:
+    """The background traces by name (``ebpfkit.start``, ``%%bpf --background``)."""
+    from .background import sessions as _sessions
+
+    return _sessions()
+
+
+def stop_all() -> dict:
+    """Stop every background trace; their TraceResults by name."""
+    from .background import stop_all as _stop_all
+
+    return _stop_all()
 
 
 def load(source: str, **options):
@@ -44,6 +107,10 @@ def __getattr__(name: str):
         from .result import TraceResult
 
         return TraceResult
+    if name == "plots":  # the pictures: matplotlib is imported only when one is drawn
+        import importlib
+
+        return importlib.import_module(".plots", __name__)
     raise AttributeError(name)
 
 
@@ -59,3 +126,12 @@ def load_ipython_extension(ipython) -> None:
     from .magics import BpfMagics
 
     ipython.register_magics(BpfMagics(ipython))
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext ebpfkit``: no background trace outlives the extension."""
+    import sys
+
+    background = sys.modules.get("ebpfkit.background")
+    if background is not None:
+        background.stop_all("%unload_ext ebpfkit")

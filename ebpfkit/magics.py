@@ -7,9 +7,10 @@ import shlex
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Float, Int
+from traitlets import Enum, Float, Int
 from traitlets.config import Configurable
 
+from . import channels, recording
 from .errors import BadArguments
 from .session import Session, check_duration, load
 
@@ -41,9 +42,15 @@ class BpfMagics(Magics, Configurable):
     duration = Float(5.0, help="Seconds to trace when neither --duration nor --run is given.").tag(
         config=True
     )
-    buffer_pages = Int(64, help="Pages per CPU for each perf buffer (a power of two).").tag(
-        config=True
-    )
+    buffer_pages = Int(
+        channels.DEFAULT_PERF_PAGES, help="Pages per CPU for each perf buffer (a power of two)."
+    ).tag(config=True)
+    live = Enum(
+        ["auto", "widget", "text", "off"],
+        "auto",
+        help="The live view while a cell traces: a widget panel with a Stop button in a "
+        "notebook and a progress line elsewhere (auto), always one of them, or none (off).",
+    ).tag(config=True)
 
     def __init__(self, shell):
         Configurable.__init__(self, config=shell.config)
@@ -125,6 +132,16 @@ class BpfMagics(Magics, Configurable):
     )
     @argument("--buffer-pages", type=int, help="pages per CPU for perf buffers (power of two)")
     @argument(
+        "--background",
+        metavar="NAME",
+        help="keep tracing in the background while other cells run; the handle is stored "
+        "as NAME: NAME.frame() the events so far, NAME.stop() (or %%bpf --stop NAME) "
+        "the result. Without --duration it traces until stopped (at most an hour)",
+    )
+    @argument("--stop", metavar="NAME", help="stop the background trace NAME, show its result")
+    @argument("--stop-all", action="store_true", help="stop every background trace")
+    @argument("--list", action="store_true", help="list the background traces")
+    @argument(
         "--hist",
         action="append",
         metavar="MAP=log2|linear",
@@ -140,6 +157,19 @@ class BpfMagics(Magics, Configurable):
         "--load-only",
         action="store_true",
         help="compile and load the programs into the kernel, but attach nothing",
+    )
+    @argument(
+        "--recording",
+        metavar="NAME",
+        help="tie the cell to the recording NAME ($EBPFKIT_RECORDINGS or ./recordings, "
+        "NAME.ebpfkit): $EBPFKIT_MODE=auto traces live where eBPF may run and replays it "
+        "elsewhere; live, replay, record force one way",
+    )
+    @argument(
+        "--replay",
+        metavar="PATH",
+        help="show a saved trace (a file from result.save(), or a recording's NAME) "
+        "instead of tracing: %%bpf --replay recordings/02-opens.ebpfkit",
     )
     @line_cell_magic
     def bpf(self, line: str, cell: str | None = None):
@@ -184,12 +214,23 @@ class BpfMagics(Magics, Configurable):
         ``%bpf --file bpf/exec_tracepoint.c --run "ls"``.
 
         Ctrl-C (or the notebook's stop button) ends the trace and keeps what it gathered.
+
+        Where eBPF cannot run (no root, Binder), ``--recording NAME`` shows a trace
+        recorded on a real kernel instead, marked as a recording; ``%bpf --replay PATH``
+        shows any saved result (``result.save(PATH)``).
         """
         try:
             # shlex, not IPython's own split, so --run "ls; cat x" loses its quotes.
             args = self.bpf.parser.parse_args(shlex.split(line))
         except ValueError as e:
             raise BadArguments(f"cannot read the options: {e}") from None
+        if args.replay:
+            result = recording.load(recording.find(args.replay))
+            if args.out:
+                self.shell.user_ns[args.out] = result
+            return result
+        if args.stop or args.stop_all or args.list:
+            return self._background_command(args)
         source = _read_file(args.file) if args.file else (cell or "")
         if not source.strip():
             raise BadArguments(
@@ -225,9 +266,51 @@ class BpfMagics(Magics, Configurable):
             args.duration if args.duration is not None else (None if args.run else self.duration)
         )
         check_duration(duration)
-        with session:
-            result = session.run(duration=duration, workload=args.run)
-        result.announced = True
+        if args.background:
+            return self._start_background(args, session)
+
+        def live():
+            with session:
+                result = session.run(duration=duration, workload=args.run, progress=self.live)
+            result.announced = True
+            result.cell = {"source": source, "options": line}
+            return result
+
+        if args.recording:
+            result = recording.run_or_replay(args.recording, live, source=source)
+        else:
+            result = live()
         if args.out:
             self.shell.user_ns[args.out] = result
         return result
+
+    def _start_background(self, args, session: Session):
+        from . import background
+
+        if args.out or getattr(args, "recording", None):
+            raise BadArguments(
+                "--background NAME stores the trace's handle as NAME (its .result after "
+                "NAME.stop()); it takes neither --out nor --recording"
+            )
+        trace = background.start_session(
+            session,
+            name=args.background,
+            duration=args.duration,
+            run=args.run,
+            progress=self.live,
+        )
+        trace.announced = True  # on_warning and on_note print as it starts
+        self.shell.user_ns[trace.name] = trace
+        return trace
+
+    def _background_command(self, args):
+        from . import background, live
+
+        if args.list:
+            return background.table()
+        if args.stop:
+            return background.get(args.stop).stop("%bpf --stop")
+        for name, outcome in background.stop_all("%bpf --stop-all").items():
+            what = live.final_line(outcome) if hasattr(outcome, "stopped_by") else outcome
+            print(f"{name}: {what}")
+        return None

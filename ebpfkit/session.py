@@ -182,6 +182,11 @@ class Session:
         self.src = program.prepare(
             self.source, pid=self.pid, comm=self.comm, fn_names={s.fn for s in self.specs}
         )
+        if self.src.uses_printk:
+            # Imported here: background imports this module.
+            from .background import check_trace_pipe
+
+            check_trace_pipe(self)  # a background trace of ours may hold trace_pipe
         plain = self.src.final
         corrected: set[str] = set()
         notes: list[str] = []
@@ -279,11 +284,15 @@ class Session:
         """Detach and free everything; safe to call twice."""
         if self.printk:
             self.printk.close()
-        if self.bpf is not None:
-            try:
-                self.bpf.cleanup()
-            finally:
-                self.bpf = None
+        # Not while another thread detaches (a Stop button, the deadline timer).
+        with self._detach_lock:
+            for channel in self.channels:
+                channel.close()  # our own mappings of the buffers; cleanup() frees the maps
+            if self.bpf is not None:
+                try:
+                    self.bpf.cleanup()
+                finally:
+                    self.bpf = None
 
     def __enter__(self) -> Session:
         return self.start()
@@ -297,10 +306,32 @@ class Session:
         self,
         duration: float | None = None,
         workload: str | None = None,
-        progress: Callable[[Session, float], None] | None = None,
+        progress: Callable[[Session, float], None] | bool | str | None = None,
     ) -> TraceResult:
-        """Trace until the duration ends, the workload exits, or max events; then collect."""
+        """Trace until the duration ends, the workload exits, or max events; then collect.
+
+        ``progress(session, elapsed)`` is called after each read of the buffers. True
+        (or "auto", "widget", "text") shows the live view instead: a panel with a Stop
+        button in a notebook, a progress line elsewhere (``ebpfkit.live``).
+        """
         check_duration(duration)
+        if self.bpf is None:
+            self.start()
+        from .live import make
+
+        view = make(progress, self)
+        finish = getattr(view, "finish", None)
+        try:
+            result = self._run(duration, workload, view)
+        except BaseException as e:
+            if finish:
+                finish(None, e)
+            raise
+        if finish:
+            finish(result)
+        return result
+
+    def _run(self, duration, workload, progress) -> TraceResult:
         limit = duration or (WORKLOAD_LIMIT if workload else DEFAULT_DURATION)
         if self.bpf is None:
             self.start()
@@ -487,13 +518,23 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def trace(
-    source: str, *, duration: float | None = None, run: str | None = None, **options
+    source: str,
+    *,
+    duration: float | None = None,
+    run: str | None = None,
+    recording: str | None = None,
+    progress: Callable[[Session, float], None] | bool | str | None = None,
+    **options,
 ) -> TraceResult:
     """Compile ``source``, attach it, trace, and return what it gathered.
 
     ``options`` are Session's: ``kprobe``, ``kretprobe``, ``tracepoint``, ``uprobe``,
     ``uretprobe``, ``perf`` (each a spec or a list of specs), ``pid``, ``comm``,
-    ``max_events``, ``perf_pages``, ``hist``, ``cflags``.
+    ``max_events``, ``perf_pages``, ``hist``, ``cflags``. ``progress=True`` shows the
+    live view while it traces (see ``Session.run``).
+
+    ``recording=NAME`` ties the trace to ``<recordings dir>/NAME.ebpfkit``: traced live,
+    replayed or recorded as ``$EBPFKIT_MODE`` says (see ``ebpfkit.recording``).
 
     >>> r = trace('''
     ... TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
@@ -502,8 +543,20 @@ def trace(
     ... }''', run="cat /etc/hostname")          # doctest: +SKIP
     """
     check_duration(duration)
-    with Session(source, **options) as session:
-        return session.run(duration=duration, workload=run)
+
+    def live() -> TraceResult:
+        with Session(source, **options) as session:
+            result = session.run(duration=duration, workload=run, progress=progress)
+        plain = (str, int, float, list, dict, type(None))
+        shown = {k: v if isinstance(v, plain) else repr(v) for k, v in options.items()}
+        result.cell = {"source": source, "options": {"duration": duration, "run": run, **shown}}
+        return result
+
+    if recording is None:
+        return live()
+    from .recording import run_or_replay
+
+    return run_or_replay(recording, live, source=source)
 
 
 def load(source: str, **options) -> list[str]:

@@ -1,0 +1,312 @@
+"""Background traces: a program that keeps tracing while the learner works in other cells.
+
+    bg = ebpfkit.start(source, tracepoint="syscalls:sys_enter_openat", name="opens")
+    bg.frame()          # the events so far, as a DataFrame
+    result = bg.stop()  # detach, collect: a TraceResult
+
+or ``%%bpf --background opens`` in a notebook, ``%bpf --stop opens``, ``%bpf --stop-all``.
+The program is compiled and attached in the caller's thread (so its errors show in the
+cell that started it); a thread then reads its buffers until it is stopped, its
+duration ends or its workload exits. ``stop_all`` runs at exit and on
+``%unload_ext ebpfkit``: no probe outlives the kernel.
+"""
+
+from __future__ import annotations
+
+import atexit
+import re
+import threading
+import time
+
+from . import live
+from .errors import AttachError, BadArguments, EbpfkitError
+from .session import MAX_DURATION, Session, check_duration
+
+_traces: dict[str, BackgroundTrace] = {}
+_lock = threading.Lock()
+_atexit_registered = False
+JOIN_TIMEOUT = 30.0  # seconds to wait for a stopped trace to collect its data
+
+
+class BackgroundTrace:
+    """A trace running in a thread of its own; ``stop()`` ends it and returns the result."""
+
+    def __init__(self, name: str, session: Session):
+        self.name = name
+        self.session = session
+        self.result = None
+        self.error: BaseException | None = None
+        self.view = None
+        self.announced = False  # its warnings were printed when it started (the magic)
+        self.started_at = time.monotonic()
+        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
+
+    # ------------------------------------------------------------ life cycle
+
+    def _start(self, duration: float | None, workload: str | None, progress) -> None:
+        # Imported now: a trace stopped at exit could not import it then ("can't register
+        # atexit after shutdown") and would lose its data.
+        import pandas  # noqa: F401
+
+        self.session.start()  # compile and attach here: errors belong to the caller's cell
+        try:
+            self.view = live.make(progress, self.session, name=self.name, background=True)
+        except BaseException:
+            self.session.close()
+            raise
+        self.started_at = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._main,
+            args=(duration or MAX_DURATION, workload),
+            name=f"ebpfkit-{self.name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _main(self, duration: float, workload: str | None) -> None:
+        try:
+            self.result = self.session.run(duration=duration, workload=workload, progress=self.view)
+        except BaseException as e:  # kept for stop(), which raises it in the caller's cell
+            self.error = e
+        finally:
+            self.session.close()
+            self._done.set()
+
+    @property
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    @property
+    def status(self) -> str:
+        if self.running:
+            return "stopping" if self.session.stop_reason else "tracing"
+        if self.error is not None:
+            return f"failed: {type(self.error).__name__}"
+        return f"stopped by {self.result.stopped_by}"
+
+    def stop(self, why: str = "stop()"):
+        """Detach, collect what the trace gathered and return it as a TraceResult."""
+        if self.running:
+            self.session._stop_producers(why)
+            if not self._done.wait(JOIN_TIMEOUT):
+                raise EbpfkitError(
+                    f"background trace {self.name} is still collecting after "
+                    f"{JOIN_TIMEOUT:.0f} s; call stop() again to wait longer"
+                )
+        with _lock:
+            if _traces.get(self.name) is self:
+                del _traces[self.name]
+        if self.error is not None:
+            raise self.error
+        self.result.announced = self.announced
+        return self.result
+
+    # ------------------------------------------------------------ what it has so far
+
+    @property
+    def elapsed(self) -> float:
+        if self.result is not None:
+            return self.result.duration
+        return time.monotonic() - self.started_at
+
+    @property
+    def received(self) -> int:
+        return live.events_so_far(self.session)
+
+    def frame(self, channel: str | None = None):
+        """The events so far (after stop: the result's), of the first or the named buffer."""
+        if self.result is not None:
+            if channel is None:
+                if self.result.events is not None:
+                    return self.result.events
+                return self.result.main_frame()[1]
+            return self.result.channels[channel]
+        chans = self.session.channels
+        if not chans:
+            if self.session.printk is not None:
+                return self._printk()
+            return None
+        by_name = {c.name: c for c in chans}
+        if channel is not None and channel not in by_name:
+            raise BadArguments(
+                f"{self.name} has no buffer {channel!r}; it has {', '.join(by_name)}"
+            )
+        c = by_name[channel] if channel else chans[0]
+        return _frame_so_far(c, self.session.wall_offset)
+
+    def _printk(self):
+        from types import SimpleNamespace
+
+        from .channels import PrintkReader
+
+        # The reader's own frame(), over a snapshot of its rows: the thread appends.
+        rows = SimpleNamespace(rows=list(self.session.printk.rows))
+        return PrintkReader.frame(rows, self.session.wall_offset)
+
+    @property
+    def events(self):
+        return self.frame()
+
+    @property
+    def printk(self):
+        if self.result is not None:
+            return self.result.printk
+        return self._printk() if self.session.printk is not None else None
+
+    def summary(self) -> str:
+        if self.result is not None:
+            return f"background trace {self.name}: {live.final_line(self.result)}"
+        if self.error is not None:
+            return f"background trace {self.name}: failed: {self.error}"
+        return (
+            f"background trace {self.name}: {self.status}, {self.elapsed:.1f} s, "
+            f"{live.count(self.received)} events so far"
+        )
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        import html
+
+        hint = "" if not self.running else f" (<code>{self.name}.stop()</code> ends it)"
+        return f"<p>{html.escape(self.summary())}{hint}</p>"
+
+
+def _frame_so_far(channel, wall_offset: int):
+    # The trace's thread appends to the channel meanwhile; its frame() reads what it
+    # had received when called.
+    df = channel.frame(wall_offset)
+    times = [col for col in df.columns if str(df[col].dtype).startswith("datetime64")]
+    if channel.kind == "perf" and times:
+        df = df.sort_values(times[0], kind="stable").reset_index(drop=True)
+    return df
+
+
+# ---------------------------------------------------------------- all of them
+
+_NAME = re.compile(r"^[A-Za-z_]\w*$")
+
+
+def start(
+    source: str,
+    *,
+    name: str | None = None,
+    duration: float | None = None,
+    run: str | None = None,
+    progress=True,
+    **options,
+) -> BackgroundTrace:
+    """Compile and attach ``source``, then trace in the background until stopped.
+
+    ``options`` are Session's (``tracepoint=``, ``uprobe=``, ...). Without a
+    ``duration`` the trace goes on until ``stop()`` (at most an hour); with ``run``
+    it ends when that command exits. Returns the handle: ``.frame()`` the events so
+    far, ``.stop()`` the TraceResult.
+    """
+    check_duration(duration)
+    return start_session(
+        Session(source, **options), name=name, duration=duration, run=run, progress=progress
+    )
+
+
+def start_session(
+    session: Session,
+    *,
+    name: str | None = None,
+    duration: float | None = None,
+    run: str | None = None,
+    progress=True,
+) -> BackgroundTrace:
+    """``start`` for a Session already made (the magic makes its own)."""
+    check_duration(duration)
+    with _lock:
+        if name is None:
+            name = f"trace{len(_traces) + 1}"
+            while name in _traces:
+                name += "_"
+        if not _NAME.match(name):
+            raise BadArguments(f"background trace name {name!r}: use a Python identifier")
+        old = _traces.get(name)
+        if old is not None and old.running:
+            raise BadArguments(
+                f"a background trace named {name} is running; stop it first "
+                f"(%bpf --stop {name}, or {name}.stop()) or choose another name"
+            )
+    trace = BackgroundTrace(name, session)
+    trace._start(duration, run, progress)
+    with _lock:
+        _traces[name] = trace
+    _register_atexit()
+    return trace
+
+
+def sessions() -> dict[str, BackgroundTrace]:
+    """The background traces, running or ended but not yet stopped, by name."""
+    with _lock:
+        return dict(_traces)
+
+
+def get(name: str) -> BackgroundTrace:
+    with _lock:
+        trace = _traces.get(name)
+        known = ", ".join(_traces) or "none"
+    if trace is None:
+        raise BadArguments(f"no background trace named {name!r} (running: {known})")
+    return trace
+
+
+def stop(name: str):
+    return get(name).stop()
+
+
+def stop_all(why: str = "stop_all()") -> dict:
+    """Stop every background trace; their results by name (an error where one failed)."""
+    out = {}
+    for name, trace in sessions().items():
+        try:
+            out[name] = trace.stop(why)
+        except BaseException as e:  # one failure must not keep the others attached
+            out[name] = e
+    return out
+
+
+def table():
+    """The background traces as a DataFrame: name, status, seconds, events, probes."""
+    import pandas as pd
+
+    rows = [
+        {
+            "name": t.name,
+            "status": t.status,
+            "seconds": round(t.elapsed, 1),
+            "events": t.received if t.result is None else live.result_events(t.result),
+            "attached": "; ".join(t.session.attached()),
+        }
+        for t in sessions().values()
+    ]
+    return pd.DataFrame(rows, columns=["name", "status", "seconds", "events", "attached"])
+
+
+def check_trace_pipe(session: Session) -> None:
+    """A program that prints needs trace_pipe, which only one reader can hold."""
+    for trace in sessions().values():
+        if trace.session is not session and trace.running and trace.session.printk is not None:
+            raise AttachError(
+                f"bpf_trace_printk() output is read from trace_pipe, which background trace "
+                f"{trace.name} holds. Stop it first (%bpf --stop {trace.name}, or "
+                f"{trace.name}.stop()), or send events through BPF_PERF_OUTPUT or "
+                "BPF_RINGBUF_OUTPUT instead."
+            )
+
+
+def _at_exit() -> None:
+    stop_all("kernel shutdown")
+
+
+def _register_atexit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        _atexit_registered = True
+        atexit.register(_at_exit)
