@@ -123,9 +123,14 @@ def check(probes_too: bool = True):
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext ebpfkit``: registers the ``%%bpf`` cell magic."""
+    from . import live
     from .magics import BpfMagics
 
     ipython.register_magics(BpfMagics(ipython))
+    # What the live view needs is imported now: imported in the first traced cell, the
+    # kernel's own opens of these modules' files would show up in that cell's trace.
+    if live.widgets_usable():
+        import pandas  # noqa: F401
 
 
 def unload_ipython_extension(ipython) -> None:
