@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from . import kernelspec
 from .errors import BadArguments
@@ -305,9 +306,9 @@ def _index(lessons: list[Lesson], replay: bool) -> str:
     how = "replayed from recordings" if replay else f"run live on Linux {os.uname().release}"
     rows = []
     for lesson in lessons:
-        links = f'<a href="{html.escape(lesson.html.name)}">HTML</a>'
+        links = f'<a href="{html.escape(quote(lesson.html.name))}">HTML</a>'
         if lesson.pdf:
-            links += f' · <a href="{html.escape(lesson.pdf.name)}">PDF</a>'
+            links += f' · <a href="{html.escape(quote(lesson.pdf.name))}">PDF</a>'
         state = (
             f'<span class="stopped">stopped early: {html.escape(lesson.error)}</span>'
             if lesson.error

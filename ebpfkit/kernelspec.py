@@ -21,6 +21,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,9 @@ def sudoers_line(python: str | None = None, user: str | None = None) -> str:
     runs any code its notebook holds)."""
     python = python or sys.executable
     user = user or getpass.getuser()
-    return f"{user} ALL=(root) NOPASSWD:SETENV: {python}"
+    # In sudoers a space would end the command, and , : = \ have meanings of their own.
+    command = re.sub(r"([ ,:=\\])", r"\\\1", python)
+    return f"{user} ALL=(root) NOPASSWD:SETENV: {command}"
 
 
 def spec(

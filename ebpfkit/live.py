@@ -295,6 +295,8 @@ class WidgetView(LiveView):
             self.rows.value = "<i>no event buffer: the maps are read when the trace ends</i>"
 
     def stop(self, why: str = "stop button") -> None:
+        if self.finished:  # a click that arrives after the end changes nothing
+            return
         self.button.disabled = True
         self.status.value = "stopping: collecting what the trace gathered"
         super().stop(why)

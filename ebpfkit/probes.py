@@ -158,8 +158,11 @@ def _kernel_config() -> dict[str, str] | None:
 def kprobes_available() -> tuple[bool, str]:
     """Whether this kernel can attach kprobes, and why we think so."""
     tf = tracefs()
-    if tf is not None and (tf / "kprobe_events").exists():
-        return True, f"{tf}/kprobe_events exists"
+    try:
+        if tf is not None and (tf / "kprobe_events").exists():
+            return True, f"{tf}/kprobe_events exists"
+    except PermissionError:
+        pass  # tracefs is root-only: the kernel's config can still tell
     config = _kernel_config()
     if config is not None:
         value = config.get("CONFIG_KPROBES")
@@ -414,7 +417,7 @@ def tracepoint_for(function: str, ret: bool = False) -> list[str]:
         wanted = [w.replace("syscalls:sys_enter_", "syscalls:sys_exit_") for w in wanted]
     try:
         existing = set(list_tracepoints())
-    except FeatureMissing:  # no tracefs: we cannot vouch for any tracepoint
+    except (FeatureMissing, NotPermitted):  # no tracefs, or root's: we cannot vouch for any
         return []
     return [w for w in dict.fromkeys(wanted) if w in existing]
 

@@ -105,6 +105,8 @@ class Session:
             raise BadArguments(f"--comm {comm!r}: the kernel keeps only 15 characters of a name")
         if perf_pages <= 0 or perf_pages & (perf_pages - 1):
             raise BadArguments(f"perf buffer pages must be a power of two, not {perf_pages}")
+        if max_events is not None and max_events <= 0:
+            raise BadArguments(f"--max-events {max_events}: give a number of events above 0")
         self.pid, self.comm = pid, comm
         self.max_events = max_events
         self.perf_pages = perf_pages
@@ -123,7 +125,9 @@ class Session:
         self.src: program.Source | None = None
         self.started_at = 0.0
         self.wall_offset = frames.monotonic_to_wall_ns()
-        self._detach_lock = threading.Lock()
+        # Re-entrant: Ctrl-C's handler detaches, and it may run while this very thread is
+        # already inside detach() (max events reached in the reader).
+        self._detach_lock = threading.RLock()
         self.stop_reason = ""
 
     # ------------------------------------------------------------ life cycle
@@ -163,8 +167,44 @@ class Session:
 
     def start(self) -> Session:
         """Compile, open the buffers and attach every probe; on any failure, clean up."""
-        require_privileges()
+        # A second run of the same Session begins afresh (each buffer has its loss slot).
+        self.channels, self.printk, self.stop_reason = [], None, ""
+        try:
+            require_privileges()
+        except NotPermitted:
+            # A misspelt name is the error to show first, as far as this user can read the
+            # kernel's names (kallsyms and ELF symbols yes, root-only tracefs no).
+            with contextlib.suppress(NotPermitted, PermissionError):
+                self._check_names()
+            raise
         bcc = _bcc()
+        self._check_names()
+        self.src = program.prepare(
+            self.source, pid=self.pid, comm=self.comm, fn_names={s.fn for s in self.specs}
+        )
+        if self.src.uses_printk:
+            # Imported here: background imports this module.
+            from .background import check_trace_pipe
+
+            check_trace_pipe(self)  # a background trace of ours may hold trace_pipe
+        self._compile(bcc)
+        try:
+            self._open_channels(bcc)
+            program.autoload(bcc, self.bpf)
+            if self.src.uses_printk:
+                self.printk = channels.PrintkReader()
+            for spec in self.specs:
+                attach.attach(
+                    bcc, self.bpf, spec, pid=self.pid if spec.kind != "tracepoint" else None
+                )
+        except BaseException:
+            self.close()
+            raise
+        self.started_at = time.monotonic()
+        return self
+
+    def _check_names(self) -> None:
+        """Every probe's target exists (else close matches); kprobes may fall back."""
         self._use_fallback()
         attach.assign_functions(self.specs, self.source)
         attach.precheck_auto(self.source)
@@ -179,14 +219,8 @@ class Session:
                         "each call, so the counts will be far too low. Probe a function that is "
                         "not an IFUNC (malloc, getpid, ...) or a binary's own function."
                     )
-        self.src = program.prepare(
-            self.source, pid=self.pid, comm=self.comm, fn_names={s.fn for s in self.specs}
-        )
-        if self.src.uses_printk:
-            # Imported here: background imports this module.
-            from .background import check_trace_pipe
 
-            check_trace_pipe(self)  # a background trace of ours may hold trace_pipe
+    def _compile(self, bcc) -> None:
         plain = self.src.final
         corrected: set[str] = set()
         notes: list[str] = []
@@ -215,20 +249,6 @@ class Session:
         found = [m for m in layout.mismatches(self.source) if m.struct not in corrected]
         if found:
             self._warn(layout.warning_text(found))
-        try:
-            self._open_channels(bcc)
-            program.autoload(bcc, self.bpf)
-            if self.src.uses_printk:
-                self.printk = channels.PrintkReader()
-            for spec in self.specs:
-                attach.attach(
-                    bcc, self.bpf, spec, pid=self.pid if spec.kind != "tracepoint" else None
-                )
-        except BaseException:
-            self.close()
-            raise
-        self.started_at = time.monotonic()
-        return self
 
     def _open_channels(self, bcc) -> None:
         # In the order of program.Source.buffers(): each one's slot in the lost counter.

@@ -122,7 +122,7 @@ def test_background_trace_sees_other_cells_work(ip, cat, marker):
         # Other cells run while it traces: each opens the marker through the copy of cat.
         workload = (
             "import subprocess\n"
-            "for _ in range({n}):\n"
+            "for _i in range({n}):\n"
             f"    subprocess.run([{str(cat)!r}, {str(marker)!r}], capture_output=True)\n"
         )
         ip.run_cell(workload.format(n=3)).raise_error()
