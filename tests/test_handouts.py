@@ -167,3 +167,31 @@ def test_bad_input_gets_one_clear_error(tmp_path, env):
         handouts.build(tmp_path / "out", tmp_path / "empty", kernel="nope")
     with pytest.raises(BadArguments, match="solutions"):
         handouts.build(tmp_path / "out", tmp_path / "empty", solutions="maybe")
+
+
+@needs_root
+def test_the_course_replayed_gives_every_lesson_a_page_with_its_plots(tmp_path):
+    """The real lessons, replayed from their recordings (quick: nothing is compiled)."""
+    lessons = handouts.find_notebooks()
+    kernelspec.find("ebpfkit")  # installed by scripts/setup.sh, as for the lessons command
+    made = handouts.build(tmp_path / "out", replay=True, timeout=120)
+    assert made.ok, [(lesson.notebook.name, lesson.error) for lesson in made.lessons]
+    assert [lesson.notebook for lesson in made.lessons] == lessons
+    for lesson in made.lessons:
+        page = lesson.html.read_text()
+        # The saved notebook's plots (made live) come back, one image each, from the replay.
+        saved = nbformat.read(lesson.notebook, as_version=4)
+        plotted = [
+            cell
+            for cell in saved.cells
+            if cell.cell_type == "code"
+            for out in cell.outputs
+            if "image/png" in out.get("data", {})
+        ]
+        # 00 plots tracefs' list of tracepoints, which a replaying lesson does not read.
+        replayed = [cell for cell in plotted if "if listing:" not in cell.source]
+        assert len(IMG.findall(page)) == len(replayed), lesson.notebook.name
+        if "--recording" in "".join(c.source for c in saved.cells):
+            assert "RECORDING made on" in page, lesson.notebook.name
+    index = (tmp_path / "out/index.html").read_text()
+    assert all(f'href="{lesson.html.name}"' in index for lesson in made.lessons)

@@ -244,9 +244,19 @@ def _replay(notebook: Path) -> dict:
     # A private mount namespace with an empty /tmp (the workloads' files a root run left
     # there are root's); the lesson folder copied into it, the recordings read in place.
     run = "/tmp/ebpfkit-replay"
+    steps = ["mount -t tmpfs -o mode=1777 none /tmp"]
+    if ROOT.resolve().is_relative_to("/tmp"):
+        # A clone under /tmp (CI's may be): keep it visible at its own path, through /mnt.
+        repo = shlex.quote(str(ROOT.resolve()))
+        steps = [
+            f"mount --bind {repo} /mnt",
+            *steps,
+            f"mkdir -p {repo}",
+            f"mount --bind /mnt {repo}",
+        ]
     command = " && ".join(
         [
-            "mount -t tmpfs -o mode=1777 none /tmp",
+            *steps,
             f"mkdir -p {run}/home",
             f"cp -r {shlex.quote(str(LESSONS))} {run}/notebooks",
             f"chown -R nobody {run}",
