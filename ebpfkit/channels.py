@@ -31,7 +31,6 @@ from .ringbuf import RingReader
 DEFAULT_PERF_PAGES = (
     256  # per CPU, 1 MiB: ~20 ms of a 1 M records/s flood, if the reader is preempted
 )
-PERF_WAKEUP_EVENTS = 32  # kept for callers; the readers need no wake-up at all
 MAX_NAP = 0.001  # s: the longest wait between two reads of a buffer
 MIN_NAP = 0.0001  # s: below this, read again at once rather than sleep
 FILL_TARGET = 0.25  # come back before a buffer is more than this full

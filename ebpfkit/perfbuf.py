@@ -27,7 +27,7 @@ import weakref
 
 import numpy as np
 
-from .ringbuf import Block, as_bytes, map_memory, unmap_memory
+from .ringbuf import Block, _unmap_all, as_bytes, map_memory
 
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_BPF_OUTPUT = 10
@@ -191,9 +191,3 @@ class PerfReader:
 
     def close(self) -> None:
         self._finalizer()
-
-
-def _unmap_all(maps: list[tuple[int, int]]) -> None:
-    for addr, length in maps:
-        unmap_memory(addr, length)
-    maps.clear()

@@ -31,7 +31,6 @@ from ..session import MAX_DURATION, WORKLOAD_LIMIT, Session
 
 HELP = "sample every CPU at F Hz: samples per CPU, top commands and stacks"
 PROGRAM = "cpu_sample.c"
-EFAULT = 14  # get_stackid's answer where there is no stack of that kind (user mode, kthread)
 
 
 def online_cpus() -> list[int]:
@@ -69,51 +68,27 @@ def cpu_table(cpu_samples, hz: int, seconds: float, cpus: list[int] | None = Non
     return pd.DataFrame(rows, columns=["cpu", "samples", "expected", "% of expected samples"])
 
 
-def _squeeze_unknown(frames: str) -> str:
-    """Runs of [unknown] frames (code without symbols or frame pointers) as one."""
-    out: list[str] = []
-    for frame in frames.split(";"):
-        if not (frame == "[unknown]" and out and out[-1] == "[unknown]"):
-            out.append(frame)
-    return ";".join(out)
-
-
-def _folded_one(row) -> str:
-    parts = [str(row.comm) or "[unnamed]"]
-    if row.user_stack_id >= 0:
-        parts.append(_squeeze_unknown(row.user_stack_frames))
-    elif row.user_stack_id != -EFAULT:
-        parts.append("[user stack lost]")
-    if row.kernel_stack_id >= 0:
-        parts.append(row.kernel_stack_frames)
-    elif row.kernel_stack_id != -EFAULT:
-        parts.append("[kernel stack lost]")
-    return ";".join(parts)
-
-
 def folded_stacks(samples):
     """The ``samples`` map as folded stacks: one row per distinct stack, most sampled first.
 
     A stack is ``command;user frames;kernel frames``, root first, leaf last: the
     user part is where the program was, the kernel part (when the timer fired in
-    the kernel) what the kernel was doing for it. A sample in user mode has no
-    kernel part; a kernel thread has no user part. A run of ``[unknown]`` frames
-    (code without symbols, or a walk gone astray without frame pointers) is kept
-    as one.
+    the kernel) what the kernel was doing for it (``ebpfkit.plots.folded``).
     """
     import pandas as pd
 
+    from .. import plots
+
     if samples is None or not len(samples):
         return pd.DataFrame(columns=["stack", "samples"])
-    stacks = [_folded_one(row) for row in samples.itertuples()]
-    df = pd.DataFrame({"stack": stacks, "samples": samples["value"].astype(int).values})
-    df = df.groupby("stack", as_index=False, sort=False)["samples"].sum()
-    return df.sort_values(["samples", "stack"], ascending=[False, True]).reset_index(drop=True)
+    return plots.folded(samples).rename(columns={"count": "samples"})
 
 
 def folded_text(folded) -> str:
     """Folded stacks as flamegraph.pl, speedscope and inferno read them: ``stack count``."""
-    return "".join(f"{s} {n}\n" for s, n in zip(folded["stack"], folded["samples"]))
+    from .. import plots
+
+    return plots.folded_text(folded)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
