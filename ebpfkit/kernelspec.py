@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 from .errors import BadArguments, NotPermitted
 
@@ -35,8 +36,10 @@ DISPLAY = {
     "sudo": "Python 3 (ebpfkit, root)",
     "replay": "Python 3 (ebpfkit, replay)",
 }
-# What the kernel must still see after sudo, which resets the environment.
-KEEP_THROUGH_SUDO = ("PYTHONPATH", "EBPFKIT_MODE", "EBPFKIT_RECORDINGS")
+# What the kernel must still see after sudo, which resets the environment. JPY_PARENT_PID
+# turns on ipykernel's parent poller: a server that cannot stop the root kernel itself
+# (SIGKILL kills sudo, and the user may not signal root) leaves it orphaned, and it exits.
+KEEP_THROUGH_SUDO = ("PYTHONPATH", "EBPFKIT_MODE", "EBPFKIT_RECORDINGS", "JPY_PARENT_PID")
 
 
 def sudoers_line(python: str | None = None, user: str | None = None) -> str:
@@ -115,7 +118,11 @@ def install(
     if user and prefix:
         raise BadArguments("give either user or prefix, not both")
     kernel = spec(**spec_options)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as tmp:
+        # A folder of our own inside: Jupyter copies the folder's mode, and a temporary
+        # directory's 0700 would hide the spec from every other user (a sudo kernel's users).
+        folder = os.path.join(tmp, name)
+        os.mkdir(folder)
         for logo in os.listdir(RESOURCES):
             shutil.copy(os.path.join(RESOURCES, logo), folder)
         with open(os.path.join(folder, "kernel.json"), "w") as f:
@@ -172,12 +179,16 @@ def remove(name: str = NAME) -> str:
 PROBE = "import os, sys, ebpfkit; print(os.geteuid(), os.environ.get('EBPFKIT_MODE', ''))"
 
 
-def check(name: str = NAME, timeout: float = 60.0) -> tuple[bool, str]:
+def check(name: str = NAME, timeout: float = 60.0, folder=None) -> tuple[bool, str]:
     """Start the kernel's own command with a probe in place of ipykernel: does it run, as whom?
 
+    ``folder``: the kernelspec's own folder, where Jupyter would not find it by ``name``.
     Returns (ok, one line saying what was seen and, if not ok, the fix).
     """
-    folder, kernel = find(name)
+    if folder is None:
+        folder, kernel = find(name)
+    else:
+        kernel = json.loads((Path(folder) / "kernel.json").read_text())
     argv = kernel["argv"]
     try:
         cut = argv.index("ipykernel_launcher") - 1  # the "-m" before it

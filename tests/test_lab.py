@@ -309,7 +309,7 @@ def test_a_sudo_kernel_that_sudo_refuses_says_which_rule_to_add(prefix, tmp_path
     assert spec["argv"][:3] == [
         str(fake),
         "-n",
-        "--preserve-env=EBPFKIT_MODE,EBPFKIT_RECORDINGS,LESSON,PYTHONPATH",
+        "--preserve-env=EBPFKIT_MODE,EBPFKIT_RECORDINGS,JPY_PARENT_PID,LESSON,PYTHONPATH",
     ]
     assert spec["argv"][3] == sys.executable
     ok, line = kernelspec.check("ebpfkit-sudo")

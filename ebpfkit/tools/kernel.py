@@ -13,7 +13,9 @@ The functions are in ``ebpfkit.kernelspec``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from ..errors import BadArguments
 
@@ -82,12 +84,13 @@ def main(args: argparse.Namespace) -> int:
             env=_env(args.env),
             display_name=args.display_name,
         )
-        _, kernel = kernelspec.find(args.name)
+        # Read back from where it was written: --prefix may be a folder Jupyter does not search.
+        kernel = json.loads((Path(folder) / "kernel.json").read_text())
         if not args.quiet:
             print(f"installed kernel {args.name!r} ({kernel['display_name']}) in {folder}")
             print("  runs: " + " ".join(kernel["argv"]))
         if args.check or (kernel["argv"][0].endswith("sudo") and not args.quiet):
-            return _check(args.name, quiet=args.quiet)
+            return _check(args.name, quiet=args.quiet, folder=folder)
         return 0
     if args.action == "check":
         return _check(args.name, quiet=False)
@@ -101,10 +104,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(name: str, quiet: bool) -> int:
+def _check(name: str, quiet: bool, folder=None) -> int:
     from .. import kernelspec
 
-    ok, line = kernelspec.check(name)
+    ok, line = kernelspec.check(name, folder=folder)
     if not ok:
         print(f"ebpfkit kernel: {line}", file=sys.stderr)
     elif not quiet:
