@@ -5,6 +5,9 @@
     result = bg.stop()  # detach, collect: a TraceResult
 
 or ``%%bpf --background opens`` in a notebook, ``%bpf --stop opens``, ``%bpf --stop-all``.
+With ``recording=NAME`` (``--recording NAME``) it follows $EBPFKIT_MODE as a foreground
+cell does: record mode saves the result when the trace is stopped, and where the cell
+replays, the handle is a stand-in (ReplayedTrace) that does no kernel work at all.
 The program is compiled and attached in the caller's thread (so its errors show in the
 cell that started it); a thread then reads its buffers until it is stopped, its
 duration ends or its workload exits. ``stop_all`` runs at exit and on
@@ -18,7 +21,7 @@ import re
 import threading
 import time
 
-from . import live
+from . import live, recording
 from .errors import AttachError, BadArguments, EbpfkitError
 from .session import MAX_DURATION, Session, check_duration
 
@@ -38,6 +41,8 @@ class BackgroundTrace:
         self.error: BaseException | None = None
         self.view = None
         self.announced = False  # its warnings were printed when it started (the magic)
+        self.record_to = None  # record mode: where stop() saves the result
+        self.cell: dict | None = None  # the source and options, kept with a recording
         self.started_at = time.monotonic()
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
@@ -100,9 +105,19 @@ class BackgroundTrace:
         if self.error is not None:
             raise self.error
         self.result.announced = self.announced
+        if self.cell is not None:
+            self.result.cell = self.cell
+        if self.record_to is not None:
+            path, self.record_to = self.record_to, None  # saved once, however often stopped
+            recording.save(self.result, path)
+            print(f"recorded to {path.resolve()}", flush=True)
         return self.result
 
     # ------------------------------------------------------------ what it has so far
+
+    @property
+    def attached(self) -> str:
+        return "; ".join(self.session.attached())
 
     @property
     def elapsed(self) -> float:
@@ -174,6 +189,39 @@ class BackgroundTrace:
         return f"<p>{html.escape(self.summary())}{hint}</p>"
 
 
+class ReplayedTrace(BackgroundTrace):
+    """Where the cell replays: a stand-in holding the recorded result; no kernel work.
+
+    It is listed and stopped as a live trace is; ``frame()`` and ``events`` are the
+    recorded events from the start, ``stop()`` returns the recorded TraceResult.
+    """
+
+    def __init__(self, name: str, result):
+        super().__init__(name, session=None)
+        self.result = result
+        self._done.set()
+
+    @property
+    def status(self) -> str:
+        return "recording (replayed, not live)"
+
+    @property
+    def attached(self) -> str:
+        return "nothing: a recording"
+
+    def stop(self, why: str = "stop()"):
+        with _lock:
+            if _traces.get(self.name) is self:
+                del _traces[self.name]
+        return self.result
+
+    def summary(self) -> str:
+        return (
+            f"background trace {self.name}: {self.result.recording_line()}; "
+            f"{live.final_line(self.result)}"
+        )
+
+
 def _frame_so_far(channel, wall_offset: int):
     # The trace's thread appends to the channel meanwhile; its frame() reads what it
     # had received when called.
@@ -196,6 +244,7 @@ def start(
     duration: float | None = None,
     run: str | None = None,
     progress=True,
+    recording: str | None = None,
     **options,
 ) -> BackgroundTrace:
     """Compile and attach ``source``, then trace in the background until stopped.
@@ -203,11 +252,20 @@ def start(
     ``options`` are Session's (``tracepoint=``, ``uprobe=``, ...). Without a
     ``duration`` the trace goes on until ``stop()`` (at most an hour); with ``run``
     it ends when that command exits. Returns the handle: ``.frame()`` the events so
-    far, ``.stop()`` the TraceResult.
+    far, ``.stop()`` the TraceResult. ``recording=NAME`` records or replays it as
+    $EBPFKIT_MODE says (see ``start_session``).
     """
     check_duration(duration)
+    kept = {k: v for k, v in options.items() if not callable(v)}  # on_warning= is no data
+    cell = {"source": source, "options": {**kept, "duration": duration, "run": run}}
     return start_session(
-        Session(source, **options), name=name, duration=duration, run=run, progress=progress
+        Session(source, **options),
+        name=name,
+        duration=duration,
+        run=run,
+        progress=progress,
+        recording_name=recording,
+        cell=cell if recording is not None else None,
     )
 
 
@@ -218,9 +276,41 @@ def start_session(
     duration: float | None = None,
     run: str | None = None,
     progress=True,
+    recording_name: str | None = None,
+    cell: dict | None = None,
 ) -> BackgroundTrace:
-    """``start`` for a Session already made (the magic makes its own)."""
+    """``start`` for a Session already made (the magic makes its own).
+
+    With ``recording_name`` the trace follows $EBPFKIT_MODE: where it replays, the
+    handle is a ReplayedTrace of that recording and nothing is compiled or attached;
+    in record mode, ``stop()`` saves the result there. ``cell`` is kept with it.
+    """
     check_duration(duration)
+    path = recording.path_for(recording_name) if recording_name is not None else None
+    name = _free_name(name)
+    if path is not None and recording.replaying():
+        # run_or_replay takes its replay branch here: the same errors for a missing file
+        # and the same note for a changed program as a foreground cell.
+        result = recording.run_or_replay(recording_name, _no_live_trace, source=session.source)
+        trace = ReplayedTrace(name, result)
+    else:
+        trace = BackgroundTrace(name, session)
+        trace.cell = cell
+        if path is not None and recording.mode() == "record":
+            trace.record_to = path
+        trace._start(duration, run, progress)
+    with _lock:
+        _traces[name] = trace
+    _register_atexit()
+    return trace
+
+
+def _no_live_trace():
+    raise AssertionError("a replayed background trace never traces live")
+
+
+def _free_name(name: str | None) -> str:
+    """The trace's name, after checking it is one and no running trace has it."""
     with _lock:
         if name is None:
             name = f"trace{len(_traces) + 1}"
@@ -234,12 +324,7 @@ def start_session(
                 f"a background trace named {name} is running; stop it first "
                 f"(%bpf --stop {name}, or {name}.stop()) or choose another name"
             )
-    trace = BackgroundTrace(name, session)
-    trace._start(duration, run, progress)
-    with _lock:
-        _traces[name] = trace
-    _register_atexit()
-    return trace
+    return name
 
 
 def sessions() -> dict[str, BackgroundTrace]:
@@ -282,7 +367,7 @@ def table():
             "status": t.status,
             "seconds": round(t.elapsed, 1),
             "events": t.received if t.result is None else live.result_events(t.result),
-            "attached": "; ".join(t.session.attached()),
+            "attached": t.attached,
         }
         for t in sessions().values()
     ]

@@ -136,7 +136,8 @@ class BpfMagics(Magics, Configurable):
         metavar="NAME",
         help="keep tracing in the background while other cells run; the handle is stored "
         "as NAME: NAME.frame() the events so far, NAME.stop() (or %%bpf --stop NAME) "
-        "the result. Without --duration it traces until stopped (at most an hour)",
+        "the result. Without --duration it traces until stopped (at most an hour). "
+        "With --recording it is recorded when stopped, or replayed from the start",
     )
     @argument("--stop", metavar="NAME", help="stop the background trace NAME, show its result")
     @argument("--stop-all", action="store_true", help="stop every background trace")
@@ -287,19 +288,24 @@ class BpfMagics(Magics, Configurable):
     def _start_background(self, args, session: Session):
         from . import background
 
-        if args.out or getattr(args, "recording", None):
+        if args.out:
             raise BadArguments(
                 "--background NAME stores the trace's handle as NAME (its .result after "
-                "NAME.stop()); it takes neither --out nor --recording"
+                "NAME.stop()); it takes no --out"
             )
+        # The options as given, kept with a recording (as a foreground cell keeps its line).
+        options = {k: v for k, v in vars(args).items() if v is not None and v is not False}
         trace = background.start_session(
             session,
             name=args.background,
             duration=args.duration,
             run=args.run,
             progress=self.live,
+            recording_name=args.recording,
+            cell={"source": session.source, "options": options},
         )
-        trace.announced = True  # on_warning and on_note print as it starts
+        # Live, on_warning and on_note printed as it started; a replay's result shows its own.
+        trace.announced = not isinstance(trace, background.ReplayedTrace)
         self.shell.user_ns[trace.name] = trace
         return trace
 
