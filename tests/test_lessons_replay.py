@@ -33,7 +33,7 @@ RECORDINGS = LESSONS / "recordings"
 NOTEBOOKS = sorted(LESSONS.glob("*.ipynb"))
 RECORDING_LINE = "RECORDING made on"
 # Options after which %%bpf does not trace in the foreground with a recording.
-NOT_A_TRACE = {"--list", "--stop", "--stop-all", "--replay", "--load-only", "--background"}
+NOT_A_TRACE = {"--list", "--stop", "--stop-all", "--replay", "--load-only"}
 # What only a live trace prints: the text live view, its widget, the command line's banner,
 # record mode's confirmation.
 LIVE_SIGNS = [
@@ -180,9 +180,8 @@ def test_the_parser_finds_tracing_cells():
     assert [t.recording for t in traces_in('r = ebpfkit.trace(SRC, recording="99-y")')] == ["99-y"]
     assert [t.recording for t in traces_in('r = recording.run_or_replay("99-z", go)')] == ["99-z"]
     assert traces_in("%bpf --list") == [] and traces_in("%bpf --stop bg") == []
-    assert (
-        traces_in("%%bpf --background bg -t sched:sched_switch\nint f(void *c) { return 0; }") == []
-    )
+    background = "%%bpf --background bg -t sched:sched_switch --recording 99-bg\nint f(void *c) {}"
+    assert [t.recording for t in traces_in(background)] == ["99-bg"]
     guarded = "if not ebpfkit.replaying():\n    r = %bpf --file bpf/x.c\nelse:\n    print('no')"
     assert traces_in(guarded) == []
     inverted = "if ebpfkit.replaying():\n    pass\nelse:\n    r = ebpfkit.trace(SRC)"
