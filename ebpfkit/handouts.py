@@ -34,8 +34,9 @@ REPO_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SOLUTIONS = ("fold", "hide", "show")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-# Headless printing on a machine with no display, no network and nobody's profile.
-CHROMIUM_FLAGS = (
+# Headless Chromium on a machine with no display, no network but the package registries, and
+# nobody's profile: without the background-networking flags its own connections stall it.
+HEADLESS_FLAGS = (
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -44,8 +45,8 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--no-pdf-header-footer",
 )
+CHROMIUM_FLAGS = (*HEADLESS_FLAGS, "--no-pdf-header-footer")  # for printing handouts
 
 # The lab template without the scripts it would fetch from a CDN (require.js, MathJax,
 # mermaid, the widget manager): a handout must open from a USB stick on a train.

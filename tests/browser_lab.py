@@ -22,19 +22,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ebpfkit.handouts import HEADLESS_FLAGS
+
 CHROMIUM = "/usr/bin/chromium"
-# What Chromium needs here, as root, on a machine with no network but the package registries:
-# without the background-networking flags its own connections are refused and it stalls.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+# What Chromium needs here, as root (the handouts' printer uses the same).
+CHROMIUM_ARGS = list(HEADLESS_FLAGS)
 
 
 def in_ci() -> bool:

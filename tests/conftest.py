@@ -13,6 +13,19 @@ KPROBES, KPROBES_WHY = probes.kprobes_available()
 if os.environ.get("EBPFKIT_REQUIRE_KPROBES") and not KPROBES:
     # The kprobe lane (scripts/vm-guest.sh): a skip there would hide the very thing it tests.
     raise RuntimeError(f"EBPFKIT_REQUIRE_KPROBES is set but {KPROBES_WHY}")
+# A whole %%bpf cell, for tests that run cells in a kernel: getppid x25 through a ring buffer,
+# its events bound to `seen`.
+GETPPID_CELL = """\
+%%bpf --run "python3 -c 'import os; [os.getppid() for _ in range(25)]'" -o seen
+struct event { u32 pid; char comm[16]; };
+BPF_RINGBUF_OUTPUT(events, 8);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    struct event e = {};
+    e.pid = bpf_get_current_pid_tgid() >> 32;
+    bpf_get_current_comm(&e.comm, sizeof(e.comm));
+    events.ringbuf_output(&e, sizeof(e), 0);
+    return 0;
+}"""
 needs_kprobes = pytest.mark.skipif(not KPROBES, reason=f"kernel has no kprobes: {KPROBES_WHY}")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 

@@ -15,6 +15,7 @@ import sys
 
 import nbformat
 import pytest
+from conftest import GETPPID_CELL as TRACE
 from conftest import needs_root
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -23,18 +24,6 @@ from ebpfkit.errors import BadArguments
 
 KERNEL = "ebpfkit-handouts-test"
 IMG = re.compile(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
-
-TRACE = """\
-%%bpf --run "python3 -c 'import os; [os.getppid() for _ in range(25)]'" -o seen
-struct event { u32 pid; char comm[16]; };
-BPF_RINGBUF_OUTPUT(events, 8);
-TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
-    struct event e = {};
-    e.pid = bpf_get_current_pid_tgid() >> 32;
-    bpf_get_current_comm(&e.comm, sizeof(e.comm));
-    events.ringbuf_output(&e, sizeof(e), 0);
-    return 0;
-}"""
 
 
 def _notebook(*cells):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import GETPPID_CELL as TRACE
 from conftest import needs_root
 
 websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
@@ -30,17 +31,6 @@ websocket = pytest.importorskip("websocket", reason="websocket-client is not ins
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 240  # s: lab.sh runs the set-up first (seconds once done, more after a change)
 
-TRACE = """\
-%%bpf --run "python3 -c 'import os; [os.getppid() for _ in range(25)]'" -o seen
-struct event { u32 pid; char comm[16]; };
-BPF_RINGBUF_OUTPUT(events, 8);
-TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
-    struct event e = {};
-    e.pid = bpf_get_current_pid_tgid() >> 32;
-    bpf_get_current_comm(&e.comm, sizeof(e.comm));
-    events.ringbuf_output(&e, sizeof(e), 0);
-    return 0;
-}"""
 CELLS = [
     "%load_ext ebpfkit",
     "import os\nprint('kernel uid', os.geteuid(), 'pid', os.getpid())",
