@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +57,14 @@ def prog_ids() -> set[int]:
     import json
 
     return {p["id"] for p in json.loads(out or "[]")}
+
+
+@contextlib.contextmanager
+def nobody_readable_dir(prefix: str):
+    """A temporary folder that the user nobody can read too (pytest's tmp_path is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -18,13 +18,13 @@ import random
 import shutil
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import bpf, needs_root
+from conftest import bpf, needs_root, nobody_readable_dir
 from test_cleanup import held
+from test_live import opened, wait_for
 from test_recording import _child, env
 
 import ebpfkit
@@ -32,7 +32,6 @@ from ebpfkit.background import ReplayedTrace
 from ebpfkit.errors import BadArguments, NotPermitted, RecordingError
 
 COMM = "ebpfkit-bgrec"  # the copy of cat: the traces see only the test's opens
-WAIT = 60.0  # seconds to wait for something that should happen much sooner
 
 OPENS = r"""
 struct open_event {
@@ -60,13 +59,9 @@ LINE = f"--background bgopens --comm {COMM} --recording bg-opens"
 
 @pytest.fixture(scope="module")
 def folder():
-    """The recordings folder, readable by nobody (pytest's own tmp_path is root's alone)."""
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="ebpfkit-bgrec-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
+    """The recordings folder, readable by nobody (the replay runs as nobody)."""
+    with nobody_readable_dir("ebpfkit-bgrec-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -80,19 +75,6 @@ def cat(folder) -> Path:
 def marker() -> str:
     """A path short enough for the event's 64 bytes; it need not exist, only be opened."""
     return f"/tmp/ebpfkit-bgrec-{os.getpid()}-{random.randrange(10**9)}"
-
-
-def wait_for(what: str, condition):
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what}: not seen within {WAIT:.0f} s")
-
-
-def opened(df, path) -> int:
-    return int((df["path"] == str(path)).sum()) if df is not None and len(df) else 0
 
 
 def open_in_cell(ip, cat, marker, n: int) -> None:

@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import zipfile
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import bpf, needs_root
+from conftest import bpf, needs_root, nobody_readable_dir
 
 import ebpfkit
 from ebpfkit import recording
@@ -159,11 +158,8 @@ def run_cell(ip, line: str, cell: str = CELL):
 
 @pytest.fixture(scope="module")
 def shared_dir():
-    """A folder that the user nobody can read (pytest's own tmp_path is root's alone)."""
-    folder = Path(tempfile.mkdtemp(prefix="ebpfkit-rec-", dir="/tmp"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder)
+    with nobody_readable_dir("ebpfkit-rec-") as folder:
+        yield folder
 
 
 @pytest.fixture(scope="module")
