@@ -8,7 +8,7 @@ TOKEN ?=
 HANDOUTS ?= handouts
 HANDOUTS_FLAGS ?= --pdf
 
-.PHONY: setup lab handouts test test-vm lint check clean
+.PHONY: setup lab handouts test test-wheel test-vm lint check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,13 +28,19 @@ lint: setup
 	$(VENV)/bin/ruff check ebpfkit tests
 	$(VENV)/bin/ruff format --check ebpfkit tests
 
-# Unit and real-kernel tests, the notebooks under nbval, then the kprobe lane.
+# Unit and real-kernel tests, the notebooks under nbval, an ordinary install of the wheel,
+# then the kprobe lane.
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 	  $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider notebooks; \
 	fi
+	bash scripts/wheel-check.sh
 	bash scripts/vm-lane.sh
+
+# The wheel alone: built, installed into a new virtualenv, run from an unrelated folder.
+test-wheel: setup
+	bash scripts/wheel-check.sh
 
 # The kprobe lane alone: a stock Debian kernel with kprobes, booted in a virtual machine.
 test-vm: setup

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
@@ -13,16 +12,7 @@ from traitlets.config import Configurable
 from . import channels, recording
 from .errors import BadArguments
 from .session import Session, check_duration, load
-
-_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _read_file(path: str) -> str:
-    for candidate in (path, os.path.join(_PROJECT, path), os.path.join(_PROJECT, "bpf", path)):
-        if os.path.isfile(candidate):
-            with open(candidate) as f:
-                return f.read()
-    raise BadArguments(f"--file {path}: no such file (looked here and in {_PROJECT}/bpf)")
+from .sources import read_program
 
 
 def _hist(values: list[str] | None) -> dict[str, str]:
@@ -232,7 +222,7 @@ class BpfMagics(Magics, Configurable):
             return result
         if args.stop or args.stop_all or args.list:
             return self._background_command(args)
-        source = _read_file(args.file) if args.file else (cell or "")
+        source = read_program(args.file) if args.file else (cell or "")
         if not source.strip():
             raise BadArguments(
                 "no program: write BPF C in the cell below %%bpf, or give a file "

@@ -49,6 +49,20 @@ if [ -z "$TOKEN" ]; then
   TOKEN=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(24))')
 fi
 
+# The server's own settings (overrides.json, read by every browser that opens this lab): no
+# "Would you like to get notified about official Jupyter news?" pop-up over a lesson, no news
+# fetched, no update check. Merged into what the file already holds.
+"$VENV/bin/python" - "$VENV/share/jupyter/lab/settings/overrides.json" <<'EOF'
+import json, pathlib, sys
+path = pathlib.Path(sys.argv[1])
+settings = json.loads(path.read_text()) if path.exists() else {}
+settings.setdefault("@jupyterlab/apputils-extension:notification", {}).update(
+    {"fetchNews": "false", "checkForUpdates": False}
+)
+path.parent.mkdir(parents=True, exist_ok=True)
+path.write_text(json.dumps(settings, indent=2) + "\n")
+EOF
+
 url="http://127.0.0.1:$PORT/lab?token=$TOKEN"
 printf '\n  The lessons: open this address in a browser on this machine\n'
 printf '  (from another machine: ssh -L %s:127.0.0.1:%s this-host, then the same address)\n\n' \

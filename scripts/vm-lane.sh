@@ -14,23 +14,26 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install o
 bash scripts/setup.sh
 
 # The guest kernel: the stock Debian kernel whose headers BCC already uses, so BCC in the
-# guest compiles against its own exact headers.
+# guest compiles against its own exact headers; signed or unsigned image, whichever the
+# archive offers, else its newest stock kernel (scripts/vm_kernel.py decides and says why).
 build=$(readlink -f "/lib/modules/$(uname -r)/build" || true)
-version=$(basename "$build" | sed -n 's/^linux-headers-\(.*\)$/\1/p')
-if [ -z "$version" ] || [ "$version" = "$(uname -r)" ]; then
-  # Exact headers for the running kernel: take the newest stock Debian kernel instead.
-  version=$(apt-cache search --names-only '^linux-image-[0-9.]+\+deb[0-9]+-amd64$' |
-    awk '{print $1}' | sed 's/^linux-image-//' | sort -V | tail -1)
+wanted=$(basename "$build" | sed -n 's/^linux-headers-\(.*\)$/\1/p')
+# Exact headers for the running kernel: there is no stock kernel to match, take the newest.
+[ "$wanted" != "$(uname -r)" ] || wanted=""
+$SUDO apt-get update -qq
+if ! choice=$(.venv/bin/python scripts/vm_kernel.py $wanted); then
+  say "$choice"
+  exit 1
 fi
-[ -n "$version" ] || { say "no stock Debian kernel found to boot"; exit 1; }
+{ read -r version; read -r packages; read -r reason; } <<<"$choice"
+say "guest kernel $reason"
 
 need=()
-for p in qemu-system-x86 busybox-static "linux-image-$version" "linux-headers-$version"; do
+for p in qemu-system-x86 busybox-static $packages; do
   installed "$p" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
-  $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 [ -x .venv/bin/vng ] || .venv/bin/python -m pip install -q virtme-ng >/dev/null 2>&1

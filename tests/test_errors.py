@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -35,7 +36,8 @@ from ebpfkit.errors import (
 
 pytestmark = needs_root
 
-VENV_PYTHON = "/work/main/.venv/bin/python"
+# The interpreter running the tests (the venv's), for the subprocesses that must die or drop root.
+VENV_PYTHON = sys.executable
 HAS_PMU = Path("/sys/bus/event_source/devices/cpu").exists()
 NOBODY = 65534
 

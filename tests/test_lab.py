@@ -222,6 +222,18 @@ def test_the_lessons_command_serves_the_root_kernel_and_runs_a_notebook(lab):
     assert specs["default"] == "ebpfkit"
     spec = specs["kernelspecs"]["ebpfkit"]["spec"]
     assert spec["display_name"] == "Python 3 (ebpfkit, root)"
+    # The server's settings keep the news pop-up ("Would you like to get notified about
+    # official Jupyter news?") and update checks away from a workshop room, for any browser.
+    notification = requests.get(
+        f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification",
+        headers=auth,
+        timeout=10,
+    ).json()
+    # overrides.json changes the schema's defaults; a user's own choice would sit in settings.
+    defaults = {k: v.get("default") for k, v in notification["schema"]["properties"].items()}
+    effective = {**defaults, **notification["settings"]}
+    assert effective["fetchNews"] == "false", effective
+    assert effective["checkForUpdates"] is False, effective
     # The lesson folder is what the server shows.
     listed = requests.get(f"{base}/api/contents", headers=auth, timeout=10).json()
     assert "00-setup.ipynb" in {item["name"] for item in listed["content"]}

@@ -12,10 +12,12 @@ another view, not a second implementation. A module defines:
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
 
-BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "bpf")
+# The programs' one home is ebpfkit.sources; the tools and the lessons import it from here too.
+from ..sources import bpf_source
+
+__all__ = ["bpf_source", "load", "names"]
 
 
 def names() -> list[str]:
@@ -24,9 +26,3 @@ def names() -> list[str]:
 
 def load(name: str):
     return importlib.import_module(f".{name}", __name__)
-
-
-def bpf_source(filename: str) -> str:
-    """The text of a program in bpf/."""
-    with open(os.path.join(BPF_DIR, filename)) as f:
-        return f.read()
