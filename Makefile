@@ -25,8 +25,8 @@ check: setup
 	$(VENV)/bin/ebpfkit check
 
 lint: setup
-	$(VENV)/bin/ruff check ebpfkit tests
-	$(VENV)/bin/ruff format --check ebpfkit tests
+	$(VENV)/bin/ruff check ebpfkit tests scripts benchmarks
+	$(VENV)/bin/ruff format --check ebpfkit tests scripts benchmarks
 
 # Unit and real-kernel tests, the notebooks under nbval, an ordinary install of the wheel,
 # then the kprobe lane.

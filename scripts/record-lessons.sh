@@ -3,10 +3,13 @@
 # `%%bpf --recording NAME` cell (and `ebpfkit.trace(..., recording=NAME)`) traces live and
 # saves notebooks/recordings/NAME.ebpfkit, which Binder and non-root users then replay.
 #
-#   scripts/record-lessons.sh [NOTEBOOK.ipynb ...]     (default: every notebooks/*.ipynb)
+#   scripts/record-lessons.sh [--save] [NOTEBOOK.ipynb ...]   (default: every notebooks/*.ipynb)
 #
-# Run it as root on a real kernel. The notebooks themselves are left as they are: the
-# executed copies go to a temporary folder, removed at the end (KEEP=1 keeps it).
+# Run it as root on a real kernel, one lesson at a time on a quiet machine (other processes
+# show up in machine-wide traces). Without --save the notebooks are left as they are: the
+# executed copies go to a temporary folder, removed at the end (KEEP=1 keeps it). With --save
+# each lesson that ran through gets this run's outputs, without the cells' execution
+# timestamps (scripts/tidy_notebooks.py), so a re-run's diff shows only what changed.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,6 +22,8 @@ if [ ! -x .venv/bin/jupyter-nbconvert ]; then
   exit 1
 fi
 
+save=0
+if [ "${1:-}" = --save ]; then save=1; shift; fi
 if [ $# -gt 0 ]; then notebooks=("$@"); else notebooks=(notebooks/*.ipynb); fi
 out=$(mktemp -d /tmp/record-lessons.XXXXXX)
 stamp="$out/.started"
@@ -37,6 +42,10 @@ for nb in "${notebooks[@]}"; do
     jupyter nbconvert --to notebook --execute --output-dir "$out" \
       --ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=900 "$nb"; then
     failed+=("$nb")
+  elif [ "$save" = 1 ]; then
+    python scripts/tidy_notebooks.py "$out/$(basename "$nb")" >/dev/null
+    cp "$out/$(basename "$nb")" "$nb"
+    echo "saved $nb with this run's outputs"
   fi
 done
 
