@@ -7,6 +7,13 @@ kernel (the folder is the working directory, as in JupyterLab; a cell tagged
 from anywhere, an ``index.html`` linking them, and with ``pdf=True`` a PDF of each printed
 by headless Chromium where it is installed.
 
+Printed (the PDF, or the HTML from a browser) a page has print styles of its own; the screen
+keeps the lab's look. On A4, with the lesson's title and file name in the top margin and
+"page N of M" in the bottom one: long code and output lines wrap inside their cell, each
+continuation marked by an orange bar on its left; DataFrames too wide for the page print as
+runs of columns that fit, the index repeated; images are scaled to the page's width; there
+are no scroll bars; a cell's input is kept with the start of its output where it can be.
+
 Solutions (code cells whose source the notebook hides, ``jupyter.source_hidden``) are folded
 under "show the solution" by default; ``solutions="hide"`` leaves them out, ``"show"`` shows
 them open.
@@ -19,6 +26,7 @@ import dataclasses
 import datetime
 import html
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -64,6 +72,11 @@ details.ebpfkit-solution > summary {
 @media print { details.ebpfkit-solution { display: block; } }
 </style>
 {%- endblock extra_css -%}
+{%- block html_head_css -%}
+<style type="text/css">
+{{ resources.ebpfkit_print_css }}
+</style>
+{%- endblock html_head_css -%}
 {% block codecell %}
 {%- set fold = cell.metadata.get('ebpfkit_fold', '') -%}
 {%- if 'open' in fold -%}
@@ -74,6 +87,73 @@ details.ebpfkit-solution > summary {
 </details>
 {%- endif -%}
 {% endblock codecell %}
+"""
+
+# Paper. The page's own @page rule sets it, with the margins and what is printed in them
+# (headless Chromium's --print-to-pdf follows it), so the PDF and a teacher's Ctrl-P of the
+# HTML give the same pages.
+PAGE_SIZE = "A4"
+PAGE_MM = (210.0, 297.0)  # width, height
+MARGINS_MM = (16.0, 14.0, 16.0, 14.0)  # top, right, bottom, left: the title and page number
+# go in the top and bottom margins, the lesson between them.
+# Tables in print: their type size, and the width (CSS px) a table is split to fit: the page's
+# width between the margins, less the prompt column and the output's padding.
+TABLE_FONT_PX = 11.0
+TABLE_WIDTH_PX = (PAGE_MM[0] - MARGINS_MM[1] - MARGINS_MM[3]) / 25.4 * 96 - 64 - 40
+
+# Print only (the screen keeps the lab's look). Every wrapped source or output line is a
+# block of its own in print (`_mark_lines`), so a line that runs on past the cell's edge wraps
+# and its continuation carries an orange bar down its left side. Wide DataFrames print as
+# several narrower tables, the index repeated (`_split_wide_tables`); whatever is still too
+# wide wraps inside its cells.
+PRINT_CSS = """\
+@page {
+  size: %(size)s;
+  margin: %(margins)s;
+  @top-left { content: %(title)s; font: 8pt sans-serif; color: #555; }
+  @top-right { content: %(name)s; font: 8pt sans-serif; color: #555; }
+  @bottom-right {
+    content: "page " counter(page) " of " counter(pages); font: 8pt sans-serif; color: #555;
+  }
+}
+.ebpfkit-print { display: none; }
+@media print {
+  body.jp-Notebook { padding: 0; margin: 0; }
+  * { overflow: visible !important; }
+  .ebpfkit-screen { display: none; }
+  .ebpfkit-print { display: block; }
+  pre {
+    white-space: pre-wrap !important; overflow-wrap: anywhere !important;
+    word-break: normal !important;
+  }
+  .ebpfkit-line {
+    display: block; position: relative; padding-left: 1.6em; text-indent: -0.8em;
+    break-inside: avoid;
+  }
+  .ebpfkit-line::after {
+    content: ""; position: absolute; left: 0.3em; top: 1lh; bottom: 0;
+    border-left: 2px solid #d9822b;
+  }
+  img, svg { max-width: 100%% !important; height: auto !important; break-inside: avoid; }
+  .jp-RenderedHTMLCommon table {
+    table-layout: auto !important; width: auto !important; max-width: 100%%;
+    font-size: %(table_px)spx; margin-left: 0; margin-right: auto;
+  }
+  .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th {
+    padding: 0.2em 0.5em; overflow-wrap: anywhere; max-width: none;
+  }
+  table.ebpfkit-part { margin-bottom: 0.8em; }
+  table.ebpfkit-part caption {
+    caption-side: top; text-align: left; font-size: 0.9em; color: #555; padding: 0.2em 0;
+  }
+  h1, h2, h3, h4, h5, h6 { break-after: avoid; }
+  .jp-Cell-inputWrapper { break-after: avoid; }
+  pre.ebpfkit-keep { break-inside: avoid; }
+  /* The lab keeps each output whole, which sends a long one to the next page, away from
+     its input: here it follows the input, and only short blocks are kept whole. */
+  .jp-OutputArea-child { break-inside: auto; }
+  .jp-RenderedImage, .jp-RenderedHTMLCommon table, tr { break-inside: avoid; }
+}
 """
 
 
@@ -163,7 +243,9 @@ def build(
             lesson.error = _execute(nb, kernel or _kernel_of(nb), path.parent, timeout)
             lesson.seconds = time.monotonic() - start
             lesson.html = out / f"{path.stem}.html"
-            lesson.html.write_text(_render(nb, path.stem, solutions), encoding="utf-8")
+            lesson.html.write_text(
+                _render(nb, path.stem, solutions, lesson.title), encoding="utf-8"
+            )
             if printer:
                 lesson.pdf, why = _print_pdf(printer, lesson.html)
                 skipped = skipped or why
@@ -213,15 +295,16 @@ def _execute(nb, kernel: str, cwd: Path, timeout: float) -> str:
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-    client = NotebookClient(
-        nb,
-        kernel_name=kernel,
-        timeout=timeout,
-        resources={"metadata": {"path": str(cwd)}},
-        record_timing=False,
-    )
     try:
-        client.execute()
+        with _quiet_transport(kernel) as config:
+            NotebookClient(
+                nb,
+                kernel_name=kernel,
+                timeout=timeout,
+                resources={"metadata": {"path": str(cwd)}},
+                record_timing=False,
+                config=config,
+            ).execute()
     except CellExecutionError as e:
         # The exception's line; the cell's own output in the page keeps the traceback.
         return f"a cell failed: {e.ename}: {e.evalue}"
@@ -232,6 +315,32 @@ def _execute(nb, kernel: str, cwd: Path, timeout: float) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def _quiet_transport(kernel: str) -> Iterator:
+    """How to talk to the kernel without it warning that anyone on the machine could listen.
+
+    ipykernel warns, on the user's terminal, about a kernel that listens on plain TCP. A
+    kernel whose spec says it speaks CurveZMQ (ours do) gets keys and stays on TCP, which
+    also reaches a kernel that runs as root through sudo; any other kernel gets IPC sockets
+    in a folder of this run's that only this user can open.
+    """
+    import zmq
+    from traitlets.config import Config
+
+    config = Config()
+    _, spec = kernelspec.find(kernel)
+    said = spec.get("metadata", {}).get("supported_encryption") or ()
+    said = [said] if isinstance(said, str) else said
+    if zmq.has("curve") and "curve" in {str(s).strip().lower() for s in said}:
+        config.KernelManager.transport_encryption = "auto"
+        yield config
+        return
+    with tempfile.TemporaryDirectory(prefix="ebpfkit-kernel-") as folder:
+        config.KernelManager.transport = "ipc"
+        config.KernelManager.ip = str(Path(folder) / "kernel")  # absolute: the kernel's cwd differs
+        yield config
+
+
 def _prepare(nb, solutions: str) -> None:
     """Widgets as their text fallback (no widget manager in a static page); solutions folded."""
     nb.metadata.pop("widgets", None)
@@ -240,6 +349,10 @@ def _prepare(nb, solutions: str) -> None:
             data = output.get("data")
             if data and WIDGET_VIEW in data and len(data) > 1:
                 del data[WIDGET_VIEW]
+            if data and "dataframe" in str(data.get("text/html", "")):
+                markup = data["text/html"]
+                markup = "".join(markup) if isinstance(markup, list) else markup
+                data["text/html"] = _split_wide_tables(markup)
         if cell.cell_type == "code":
             cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("data") != {}]
     hidden = [
@@ -260,7 +373,7 @@ def _prepare(nb, solutions: str) -> None:
             cell.metadata["ebpfkit_fold"] = mark.strip()
 
 
-def _render(nb, name: str, solutions: str) -> str:
+def _render(nb, name: str, solutions: str, title: str = "") -> str:
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
@@ -271,8 +384,186 @@ def _render(nb, name: str, solutions: str) -> str:
         template_file="ebpfkit-handout.html.j2",
         embed_images=True,
     )
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": name}})
-    return body
+    resources = {"metadata": {"name": name}, "ebpfkit_print_css": _print_css(title or name, name)}
+    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    return _mark_lines(body)
+
+
+def _print_css(title: str, name: str) -> str:
+    top, right, bottom, left = MARGINS_MM
+    return PRINT_CSS % {
+        "size": PAGE_SIZE,
+        "margins": f"{top:g}mm {right:g}mm {bottom:g}mm {left:g}mm",
+        "title": _css_string(title),
+        "name": _css_string(name),
+        "table_px": f"{TABLE_FONT_PX:g}",
+    }
+
+
+def _css_string(text: str) -> str:
+    """``text`` as a CSS string: anything but letters, digits and spaces as a hex escape, so
+    no quote, backslash or ``</style>`` in a lesson's title can end it early."""
+    return '"' + "".join(c if c.isalnum() or c == " " else f"\\{ord(c):x} " for c in text) + '"'
+
+
+PRE = re.compile(r"(<pre\b[^>]*>)(.*?)(</pre>)", re.S)
+TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)\b[^>]*?(/?)>")
+VOID = {"br", "img", "wbr", "hr", "input"}
+WHOLE_CODE = re.compile(r"(<code\b[^>]*>)(.*)(</code>)", re.S)
+KEEP_LINES = 12  # a <pre> of this many lines or fewer is not split across pages in print
+
+
+def _mark_lines(page: str) -> str:
+    """Each line of every <pre> in the page's body in a ``span.ebpfkit-line`` of its own.
+
+    On screen the spans are plain inline text and change nothing. In print they are blocks,
+    so a line too long for the page wraps inside its own block, which can mark the lines it
+    continues on. Markup open across a line's end (pygments' string tokens, ANSI colours)
+    is closed before it and opened again after, so every span holds balanced HTML.
+    """
+    head, body_tag, body = page.partition("<body")
+    if not body_tag:
+        return page
+
+    def lines(match: re.Match) -> str:
+        opening, inner, closing = match.groups()
+        keep = opening == "<pre>"
+        # Markdown's <pre><code>: the lines go inside the <code>, which stays the <pre>'s child.
+        whole = WHOLE_CODE.fullmatch(inner)
+        if whole and "<code" not in whole.group(2):
+            opening, inner, closing = (
+                opening + whole.group(1),
+                whole.group(2),
+                whole.group(3) + closing,
+            )
+        marked, count = _lines(inner)
+        if keep and count <= KEEP_LINES:
+            opening = '<pre class="ebpfkit-keep">' + opening[len("<pre>") :]
+        return opening + marked + closing
+
+    return head + body_tag + PRE.sub(lines, body)
+
+
+def _lines(inner: str) -> tuple[str, int]:
+    lead = ""
+    if inner.startswith("\n"):  # HTML drops a newline right after <pre>: keep it outside
+        lead, inner = "\n", inner[1:]
+    done: list[str] = []
+    line: list[str] = []
+    has_text = False
+    stack: list[tuple[str, str]] = []  # the open tags: (name, the tag as written)
+    for piece in re.split(r"(<[^>]*>)", inner):
+        if piece.startswith("<"):
+            line.append(piece)
+            tag = TAG.match(piece)
+            if tag is None:
+                continue
+            closing, name, self_closing = tag.groups()
+            name = name.lower()
+            if closing:
+                for i in range(len(stack) - 1, -1, -1):
+                    if stack[i][0] == name:
+                        del stack[i:]
+                        break
+            elif not self_closing and name not in VOID:
+                stack.append((name, piece))
+            continue
+        for i, text in enumerate(piece.split("\n")):
+            if i:
+                line.append("\n" + "".join(f"</{n}>" for n, _ in reversed(stack)))
+                done.append('<span class="ebpfkit-line">' + "".join(line) + "</span>")
+                line = [t for _, t in stack]
+                has_text = False
+            if text:
+                line.append(text)
+                has_text = True
+    tail = "".join(line)
+    if has_text:
+        done.append('<span class="ebpfkit-line">' + tail + "</span>")
+        tail = ""
+    return lead + "".join(done) + tail, len(done)
+
+
+def _split_wide_tables(markup: str) -> str:
+    """Each DataFrame table too wide for a printed page, also as narrower tables for print.
+
+    The table stays as it is for the screen (``div.ebpfkit-screen``); print shows instead
+    (``div.ebpfkit-print``) runs of its columns that fit the page's width, each with the
+    index columns again. Widths are estimated from the cells' lengths in characters. Tables
+    with merged cells (MultiIndex) are left whole: in print they wrap inside their cells.
+    """
+    return DATAFRAME.sub(_split_table, markup)
+
+
+DATAFRAME = re.compile(r'<table\b[^>]*\bclass="dataframe"[^>]*>.*?</table>', re.S)
+SECTION = re.compile(r"(<(thead|tbody)\b[^>]*>)(.*?)</\2>", re.S)
+ROW = re.compile(r"(<tr\b[^>]*>)(.*?)</tr>", re.S)
+CELL = re.compile(r"<(t[hd])\b([^>]*)>(.*?)</\1>", re.S)
+MERGED = re.compile(r"\b(?:col|row)span\s*=")
+CHAR_EM = 0.62  # a character's width in the table's sans-serif type, roughly (digits: 0.55)
+
+
+def _split_table(match: re.Match) -> str:
+    table = match.group(0)
+    sections = []  # (opening tag, name, rows); each row is (opening tag, cells)
+    for section in SECTION.finditer(table):
+        rows = [
+            (row.group(1), list(CELL.finditer(row.group(2))))
+            for row in ROW.finditer(section.group(3))
+        ]
+        sections.append((section.group(1), section.group(2), rows))
+    rows = [row for _, _, section_rows in sections for row in section_rows]
+    body = [
+        cells for _, name, section_rows in sections if name == "tbody" for _, cells in section_rows
+    ]
+    if not rows or not body:
+        return table
+    width = len(rows[0][1])
+    if any(
+        len(cells) != width or any(MERGED.search(c.group(2)) for c in cells) for _, cells in rows
+    ):
+        return table
+    index = 0
+    while index < width and body[0][index].group(1) == "th":
+        index += 1
+
+    def px(column: int) -> float:
+        longest = max(
+            len(html.unescape(re.sub(r"<[^>]+>", "", c[column].group(3)))) for _, c in rows
+        )
+        return (longest * CHAR_EM + 1.0) * TABLE_FONT_PX + 1  # 0.5 em padding a side, a border
+
+    widths = [px(c) for c in range(width)]
+    room = TABLE_WIDTH_PX - sum(widths[:index])
+    if sum(widths[index:]) <= room or width - index < 2:
+        return table
+    runs: list[list[int]] = [[]]
+    used = 0.0
+    for column in range(index, width):
+        if runs[-1] and used + widths[column] > room:
+            runs.append([])
+            used = 0.0
+        runs[-1].append(column)
+        used += widths[column]
+    opening = re.match(r"<table\b[^>]*>", table).group(0)
+    opening = opening.replace('class="dataframe"', 'class="dataframe ebpfkit-part"', 1)
+    data = width - index
+    parts = []
+    for run in runs:
+        caption = f"columns {run[0] - index + 1}-{run[-1] - index + 1} of {data}"
+        keep = list(range(index)) + run
+        out = [opening, f"<caption>{caption}</caption>"]
+        for section_opening, name, section_rows in sections:
+            out.append(section_opening)
+            for row_opening, cells in section_rows:
+                out.append(row_opening + "".join(cells[c].group(0) for c in keep) + "</tr>")
+            out.append(f"</{name}>")
+        out.append("</table>")
+        parts.append("".join(out))
+    return (
+        f'<div class="ebpfkit-screen">{table}</div>'
+        f'<div class="ebpfkit-print">{"".join(parts)}</div>'
+    )
 
 
 def _print_pdf(browser: str, page: Path) -> tuple[Path | None, str]:

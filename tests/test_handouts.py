@@ -2,7 +2,9 @@
 
 Two small lessons stand in for the course's ten (which take minutes): one plots, fails on
 purpose in a `raises-exception` cell and hides a solution; one traces getppid through a
-ring buffer and plots what it saw. They run in a kernelspec installed for the test.
+ring buffer and plots what it saw. They run in a kernelspec installed for the test. The
+course itself is built once, replayed, and its pages are checked on screen and in print
+(headless Chromium through Playwright; the PDFs read with poppler's pdftotext and pdfimages).
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
+from browser_lab import in_ci, launch, missing_browser
 from conftest import GETPPID_CELL as TRACE
 from conftest import needs_root
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -158,29 +163,232 @@ def test_bad_input_gets_one_clear_error(tmp_path, env):
         handouts.build(tmp_path / "out", tmp_path / "empty", solutions="maybe")
 
 
-@needs_root
-def test_the_course_replayed_gives_every_lesson_a_page_with_its_plots(tmp_path):
-    """The real lessons, replayed from their recordings (quick: nothing is compiled)."""
-    lessons = handouts.find_notebooks()
+def _saved_plots(notebook: Path) -> int:
+    """How many plots the saved lesson shows that a replay draws again."""
+    saved = nbformat.read(notebook, as_version=4)
+    plotted = [
+        cell
+        for cell in saved.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if "image/png" in out.get("data", {})
+    ]
+    # 00 plots tracefs' list of tracepoints, which a replaying lesson does not read.
+    return len([cell for cell in plotted if "if listing:" not in cell.source])
+
+
+def _needs(*tools: str) -> None:
+    """Skip without a command-line tool here; fail under CI, where setup.sh installs them."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            why = f"no {tool} (apt-get install poppler-utils; scripts/setup.sh does it)"
+            if in_ci():
+                pytest.fail(f"CI must read the handouts' PDFs, but {why}")
+            pytest.skip(why)
+
+
+def _needs_browser() -> None:
+    why = missing_browser()
+    if why:
+        if in_ci():
+            pytest.fail(f"CI must print the handouts, but {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    """The real lessons, replayed from their recordings (quick: nothing is compiled), with
+    their PDFs where Chromium is installed; built once for the tests below."""
+    if os.geteuid() != 0:
+        pytest.skip("the ebpfkit kernel runs as root")
     kernelspec.find("ebpfkit")  # installed by scripts/setup.sh, as for the lessons command
-    made = handouts.build(tmp_path / "out", replay=True, timeout=120)
+    out = tmp_path_factory.mktemp("course")
+    return handouts.build(out, replay=True, pdf=True, timeout=120)
+
+
+@needs_root
+def test_the_course_replayed_gives_every_lesson_a_page_with_its_plots(course):
+    made = course
     assert made.ok, [(lesson.notebook.name, lesson.error) for lesson in made.lessons]
-    assert [lesson.notebook for lesson in made.lessons] == lessons
+    assert [lesson.notebook for lesson in made.lessons] == handouts.find_notebooks()
     for lesson in made.lessons:
         page = lesson.html.read_text()
         # The saved notebook's plots (made live) come back, one image each, from the replay.
-        saved = nbformat.read(lesson.notebook, as_version=4)
-        plotted = [
-            cell
-            for cell in saved.cells
-            if cell.cell_type == "code"
-            for out in cell.outputs
-            if "image/png" in out.get("data", {})
-        ]
-        # 00 plots tracefs' list of tracepoints, which a replaying lesson does not read.
-        replayed = [cell for cell in plotted if "if listing:" not in cell.source]
-        assert len(IMG.findall(page)) == len(replayed), lesson.notebook.name
-        if "--recording" in "".join(c.source for c in saved.cells):
+        assert len(IMG.findall(page)) == _saved_plots(lesson.notebook), lesson.notebook.name
+        sources = "".join(c.source for c in nbformat.read(lesson.notebook, as_version=4).cells)
+        if "--recording" in sources:
             assert "RECORDING made on" in page, lesson.notebook.name
-    index = (tmp_path / "out/index.html").read_text()
+    index = made.index.read_text()
     assert all(f'href="{lesson.html.name}"' in index for lesson in made.lessons)
+
+
+# Every element whose content is wider than its box, or that reaches past the page's sides.
+OVERFLOWING = """() => {
+  const found = [];
+  for (const el of document.body.querySelectorAll("*")) {
+    if (el.clientWidth === 0) continue;
+    const box = el.getBoundingClientRect();
+    if (el.scrollWidth > el.clientWidth + 1 || box.left < -1 || box.right > innerWidth + 1)
+      found.push(`${el.tagName}.${el.className} content ${el.scrollWidth} px in ${el.clientWidth}`
+        + ` px, at ${Math.round(box.left)}..${Math.round(box.right)} px: `
+        + JSON.stringify((el.textContent || "").trim().slice(0, 80)));
+  }
+  return found;
+}"""
+
+
+def _printable_px() -> tuple[int, int]:
+    """The width and height between the margins of the handouts' paper, in CSS pixels."""
+    width, height = handouts.PAGE_MM
+    top, right, bottom, left = handouts.MARGINS_MM
+    return int((width - left - right) / 25.4 * 96), int((height - top - bottom) / 25.4 * 96)
+
+
+@needs_root
+def test_the_course_prints_whole(course, tmp_path):
+    """Printed, no lesson loses content: nothing wider than its box, every plot in the PDF."""
+    _needs_browser()
+    _needs("pdfimages")
+    from playwright.sync_api import sync_playwright
+
+    assert course.ok, [(lesson.notebook.name, lesson.error) for lesson in course.lessons]
+    assert not course.pdf_skipped, course.pdf_skipped
+    width, height = _printable_px()
+    with sync_playwright() as pw:
+        browser = launch(pw, tmp_path / "profile")
+        try:
+            page = browser.new_page()
+            page.set_viewport_size({"width": width, "height": height})
+            page.emulate_media(media="print")
+            for lesson in course.lessons:
+                page.goto(lesson.html.resolve().as_uri())
+                assert page.evaluate("matchMedia('print').matches")
+                wide = page.evaluate(OVERFLOWING)
+                assert not wide, f"{lesson.html.name} in print:\n" + "\n".join(wide[:20])
+        finally:
+            browser.close()
+    for lesson in course.lessons:
+        listed = subprocess.run(
+            ["pdfimages", "-list", str(lesson.pdf)], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[2:]  # two heading lines, then one line per image drawn
+        images = [row for row in listed if row.split()[2] == "image"]  # not the alpha masks
+        assert len(images) == _saved_plots(lesson.notebook), lesson.pdf.name
+
+
+WORDS = re.compile(
+    r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">(.*?)</word>'
+)
+PAGE = re.compile(r'<page width="([\d.]+)" height="([\d.]+)">(.*?)</page>', re.S)
+
+
+def test_a_long_line_and_a_wide_table_print_whole(tmp_path, env):
+    """A code line far longer than the page and a 30-column DataFrame: every character of
+    both is in the PDF, between the margins; the title and page numbers are in the margins."""
+    _needs("pdftotext")
+    if handouts.chromium() is None:
+        if in_ci():
+            pytest.fail("CI must print the handouts, but there is no Chromium")
+        pytest.skip("no Chromium to print with")
+    words = " ".join(f"word{i:03d}" for i in range(70))
+    blob = "".join(f"{i:04d}" for i in range(60))  # 240 characters and no space to break at
+    long_line = f'label = "{words}"; blob = "{blob}"; print(len(label), len(blob))'
+    columns = [f"col_{c:02d}" for c in range(30)]
+    values = [f"r{r}c{c:02d}" for r in range(4) for c in range(30)]
+    table = (
+        "import pandas as pd\n"
+        "pd.set_option('display.max_columns', None)\n"
+        f"pd.DataFrame([[f'r{{r}}c{{c:02d}}' for c in range(30)] for r in range(4)],"
+        f" columns={columns!r})"
+    )
+    title = "Printing: long lines & wide tables"
+    folder = tmp_path / "lessons"
+    folder.mkdir()
+    nbformat.write(
+        _notebook(new_markdown_cell(f"# {title}"), new_code_cell(long_line), new_code_cell(table)),
+        folder / "01-print.ipynb",
+    )
+    made = handouts.build(tmp_path / "out", folder, pdf=True)
+    assert made.ok and not made.pdf_skipped, (made.lessons[0].error, made.pdf_skipped)
+    pdf = made.lessons[0].pdf
+
+    text = subprocess.run(
+        ["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    flat = re.sub(r"\s+", "", text)
+    assert re.sub(r"\s+", "", long_line) in flat  # the line, wrapped but whole, in order
+    assert f"{len(words)}{len(blob)}" in flat  # and what it printed
+
+    bbox = subprocess.run(
+        ["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    pages = PAGE.findall(bbox)
+    assert pages
+    mm = 72 / 25.4
+    top, right, bottom, left = (m * mm for m in handouts.MARGINS_MM)
+    slack = 1.5  # points: a glyph's box may stand a little out of its line's
+    found = []
+    for number, (page_width, page_height, content) in enumerate(pages, 1):
+        page_width, page_height = float(page_width), float(page_height)
+        header, footer = [], []
+        for x0, y0, x1, y1, word in WORDS.findall(content):
+            x0, y0, x1, y1 = map(float, (x0, y0, x1, y1))
+            assert 0 <= x0 and x1 <= page_width and 0 <= y0 and y1 <= page_height, word
+            if y1 <= top:
+                header.append(word)
+            elif y0 >= page_height - bottom:
+                footer.append(word)
+            else:  # the lesson itself: between the margins, on every side
+                assert left - slack <= x0 and x1 <= page_width - right + slack, (number, word)
+                found.append(word)
+        # In the margins: the lesson's title and its file's name above, the page number below.
+        assert " ".join(header) == f"{title.replace('&', '&amp;')} 01-print", number
+        assert " ".join(footer) == f"page {number} of {len(pages)}"
+    # Every heading and cell of the DataFrame, whole (no cell wrapped mid-word).
+    assert set(columns + values) <= set(found), set(columns + values) - set(found)
+
+
+# The page as it would be without the print markup: line spans unwrapped, the print copies of
+# wide tables removed, the screen copies unwrapped, the keep-together class dropped.
+WITHOUT_PRINT_MARKUP = """() => {
+  const unwrap = (el) => el.replaceWith(...el.childNodes);
+  document.querySelectorAll(".ebpfkit-print").forEach((el) => el.remove());
+  document.querySelectorAll(".ebpfkit-screen, .ebpfkit-line").forEach(unwrap);
+  document.querySelectorAll("pre.ebpfkit-keep").forEach((el) => el.removeAttribute("class"));
+  return document.querySelectorAll("[class*=ebpfkit-]:not(details, summary)").length;
+}"""
+
+
+def test_on_screen_the_print_markup_changes_nothing(tmp_path, env):
+    """The handout looks the same on screen with and without what it carries for print."""
+    _needs_browser()
+    from playwright.sync_api import sync_playwright
+
+    folder = tmp_path / "lessons"
+    folder.mkdir()
+    nbformat.write(
+        _notebook(
+            new_markdown_cell("# Screen\n\n```\nfenced code, long " + "x" * 150 + "\nline 2\n```"),
+            new_code_cell('doc = """one\ntwo ' + "y" * 150 + '"""\nprint(doc)'),
+            new_code_cell(
+                "import pandas as pd\npd.set_option('display.max_columns', None)\n"
+                "pd.DataFrame([[c * 1000 for c in range(25)]] * 3)"
+            ),
+        ),
+        folder / "01-screen.ipynb",
+    )
+    made = handouts.build(tmp_path / "out", folder)
+    assert made.ok, made.lessons[0].error
+    page_html = made.lessons[0].html.read_text()
+    # What there is to take away: lines marked, and the wide table copied for print.
+    assert 'class="ebpfkit-line"' in page_html and 'class="ebpfkit-print"' in page_html
+    with sync_playwright() as pw:
+        browser = launch(pw, tmp_path / "profile")
+        try:
+            page = browser.new_page()
+            page.goto(made.lessons[0].html.resolve().as_uri())
+            marked = page.screenshot(full_page=True)
+            assert page.evaluate(WITHOUT_PRINT_MARKUP) == 0
+            plain = page.screenshot(full_page=True)
+        finally:
+            browser.close()
+    assert marked == plain
