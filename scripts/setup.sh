@@ -13,6 +13,7 @@ say() { printf 'setup: %s\n' "$*"; }
 # strace: lessons and tests compare their counts with it. chromium: the browser test drives
 # JupyterLab with it through Playwright (Playwright's own browser downloads are not used).
 # sudo: the kernel a non-root user starts gets root through `sudo -n` (tests/test_kernel_sudo.py).
+# poppler-utils: the handouts tests read the PDFs with pdftotext and pdfimages.
 APT_PACKAGES=(python3-bpfcc bpfcc-tools bpftool python3-venv strace chromium sudo poppler-utils)
 KREL=$(uname -r)
 ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)
