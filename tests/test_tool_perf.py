@@ -121,7 +121,10 @@ def test_busy_cpu_is_sampled_at_the_frequency_and_stacks_name_the_functions(burn
     assert ncpus == len(rows)
     for samples, expected, pct in rows.values():
         assert expected == round(99 * seconds)
-        assert pct == pytest.approx(100 * samples / (99 * seconds), abs=0.06)
+        # seconds is printed to 0.01 s: the percentage may come from anywhere within that.
+        low = 100 * samples / (99 * (seconds + 0.005)) - 0.05
+        high = 100 * samples / (99 * (seconds - 0.005)) + 0.05
+        assert low <= pct <= high, (samples, seconds, pct)
     # CPU 0 ran the pinned workload (or, on a shared machine, others) the whole time
     assert rows[0][2] >= 60, out
     assert all(pct <= 130 for _, _, pct in rows.values()), out
