@@ -56,3 +56,11 @@ class BadArguments(EbpfkitError):
 
 class RecordingError(EbpfkitError):
     """A recording that is missing, damaged, of another format, or too new to replay."""
+
+
+class NothingAttached(EbpfkitError):
+    """A cell whose functions no option attaches and none is named the bcc way."""
+
+
+class MapRefused(EbpfkitError):
+    """The kernel refused to create one of the program's maps (too large, no memory, ...)."""

@@ -8,7 +8,9 @@ categoricals, and kernel timestamps become wall-clock times.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import re
 import time
 
@@ -184,6 +186,15 @@ def decode_strings(column: np.ndarray):
     return pd.Series(labels.astype(object)[codes], dtype="object")
 
 
+def time_fields(dtype: np.dtype) -> list[str]:
+    """The fields of a struct read as kernel timestamps (and shown as wall-clock times)."""
+    return [
+        n
+        for n in dtype.names or ()
+        if _TIMESTAMP.match(n) and dtype.fields[n][0].kind in "iu" and not dtype.fields[n][0].shape
+    ]
+
+
 def records_frame(records: np.ndarray, wall_offset_ns: int | None = None):
     """A DataFrame from decoded records: one column per field."""
     import pandas as pd
@@ -353,3 +364,333 @@ def add_stacks(df, bpf, stacks_table):
             col.replace("_id", "").replace("id", "") + "_frames" if col != "stack_id" else "stack"
         ] = frames
     return df
+
+
+# ---------------------------------------------------------------- events, column by column
+
+CHUNK_ROWS = 1 << 16  # rows per chunk of a column while tracing
+
+
+def _anonymous(count: int, dtype: np.dtype) -> np.ndarray:
+    """An array in memory of its own (an anonymous mapping), given back whole when freed.
+
+    Not from malloc: freed chunks would stay in the heap, and a trace's memory would
+    not fall as its chunks are copied into the final frame.
+    """
+    import mmap
+
+    nbytes = max(count * dtype.itemsize, 1)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=count)
+
+
+def _first_codes(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-width bytes numbered by first appearance, hashed as 8-byte words
+    (``pandas.factorize``): each row's number, and the row where each number first appears."""
+    import pandas as pd
+
+    width = column.dtype.itemsize
+    names, formats, offsets, at = [], [], [], 0
+    for size in (8, 4, 2, 1):
+        while width - at >= size:
+            names.append(f"w{at}")
+            formats.append(f"u{size}")
+            offsets.append(at)
+            at += size
+    words = column.view(np.dtype({"names": names, "formats": formats, "offsets": offsets}))
+    codes, _ = pd.factorize(words[names[0]])
+    for name in names[1:]:
+        more, uniques = pd.factorize(words[name])
+        codes, _ = pd.factorize(codes.astype(np.int64) * len(uniques) + more)
+    # A new running maximum is a first appearance.
+    high = np.maximum.accumulate(codes)
+    firsts = np.concatenate(([0], np.flatnonzero(high[1:] != high[:-1]) + 1))
+    return codes, firsts
+
+
+class _Column:
+    """One field's values as read so far: full chunks, then the one being filled."""
+
+    __slots__ = ("name", "kind", "dtype", "chunks", "fill")
+
+    def __init__(self, name: str, kind: str, dtype: np.dtype):
+        self.name, self.kind, self.dtype = name, kind, dtype
+        self.chunks: list[np.ndarray] = []
+        self.fill = 0  # rows used in the last chunk
+
+    def append(self, values: np.ndarray) -> None:
+        at, n = 0, len(values)
+        while at < n:
+            if not self.chunks or self.fill == len(self.chunks[-1]):
+                shape = (CHUNK_ROWS, *self.dtype.shape) if self.dtype.shape else CHUNK_ROWS
+                base = self.dtype.base if self.dtype.shape else self.dtype
+                size = int(np.prod(shape))
+                self.chunks.append(_anonymous(size, base).reshape(shape))
+                self.fill = 0
+            chunk = self.chunks[-1]
+            take = min(n - at, len(chunk) - self.fill)
+            chunk[self.fill : self.fill + take] = values[at : at + take]
+            self.fill += take
+            at += take
+
+    def parts(self):
+        """The values as arrays in order (views, the last one cut to what is filled)."""
+        for i, chunk in enumerate(self.chunks):
+            yield chunk if i < len(self.chunks) - 1 else chunk[: self.fill]
+
+    @property
+    def rows(self) -> int:
+        return (len(self.chunks) - 1) * CHUNK_ROWS + self.fill if self.chunks else 0
+
+    def clear(self) -> None:
+        self.chunks, self.fill = [], 0
+
+
+class ColumnStore:
+    """A channel's records decoded as they arrive: one column per field of the struct.
+
+    Numbers are kept as they are, strings (char arrays) as numbers into a table of the
+    distinct values, so what is held is about the size of the final DataFrame, not of
+    the buffer's slots. ``frame(consume=True)`` builds the DataFrame column by column,
+    giving each chunk back as soon as it is copied: memory never holds the data twice.
+
+    ``spill(folder)`` writes what is held to a Parquet file there and frees it; the
+    frame reads it back in order.
+    """
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype  # the C struct, compact
+        self.columns: list[_Column] = []
+        self.strings: dict[str, tuple[dict, list, list]] = {}
+        for name in dtype.names:
+            ftype = dtype.fields[name][0]
+            if ftype.kind == "S":
+                self.columns.append(_Column(name, "str", np.dtype(np.int32)))
+                self.strings[name] = ({}, [], [])
+            else:
+                self.columns.append(_Column(name, "array" if ftype.shape else "num", ftype))
+        self.spilled: list[tuple[str, int]] = []  # (Parquet file, rows), in order
+        self.spilled_rows = 0
+        self._writer = None
+
+    @property
+    def held(self) -> int:
+        """Rows in memory."""
+        return self.columns[0].rows if self.columns else 0
+
+    @property
+    def rows(self) -> int:
+        return self.spilled_rows + self.held
+
+    @property
+    def row_bytes(self) -> int:
+        return sum(c.dtype.itemsize for c in self.columns)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of memory the held rows take (whole chunks: they are mapped as a whole)."""
+        return sum(len(c.chunks) * CHUNK_ROWS * c.dtype.itemsize for c in self.columns)
+
+    def append(self, records: np.ndarray) -> None:
+        """Decode a structured array of records (any layout with the struct's fields)."""
+        if not len(records):
+            return
+        for column in self.columns:
+            values = records[column.name]
+            if column.kind == "str":
+                values = self._codes(column.name, values)
+            column.append(values)
+
+    def _codes(self, name: str, values: np.ndarray) -> np.ndarray:
+        lookup, texts, raws = self.strings[name]
+        codes, firsts = _first_codes(values)
+        ids = np.empty(len(firsts), np.int32)
+        for i, raw in enumerate(values[firsts].tolist()):
+            text = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+            j = lookup.get(text)
+            if j is None:
+                j = lookup[text] = len(texts)
+                texts.append(text)
+                raws.append(raw)
+            ids[i] = j
+        return ids[codes]
+
+    # ------------------------------------------------------------ reading back
+
+    def records(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of those in memory, as a structured array of the struct."""
+        held = self.held
+        stop = held if stop is None else min(stop, held)
+        start = min(max(start, 0), stop)
+        out = np.zeros(stop - start, self.dtype)
+        for column in self.columns:
+            seen, parts = 0, []
+            for part in column.parts():
+                lo, hi = max(start - seen, 0), min(stop - seen, len(part))
+                if lo < hi:
+                    parts.append(part[lo:hi])
+                seen += len(part)
+                if seen >= stop:
+                    break
+            if not parts:
+                continue
+            values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            if column.kind == "str":
+                raws = self.strings[column.name][2]
+                values = np.array(raws, dtype=self.dtype.fields[column.name][0])[values]
+            out[column.name] = values
+        return out
+
+    def spill(self, folder: str) -> int:
+        """Write the rows in memory to this store's Parquet file in ``folder``, a row
+        group per chunk, each chunk given back once written; the rows written."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        n = self.held
+        if not n:
+            return 0
+        if self._writer is None:
+            path = os.path.join(folder, f"{id(self):x}.parquet")
+            fields = []
+            for column in self.columns:
+                if column.kind == "array":
+                    item = pa.from_numpy_dtype(column.dtype.base)
+                    kind = pa.list_(item, int(np.prod(column.dtype.shape)))
+                else:
+                    kind = pa.from_numpy_dtype(column.dtype)
+                fields.append(pa.field(column.name, kind))
+            self._writer = pq.ParquetWriter(path, pa.schema(fields), compression="none")
+            self.spilled.append((path, 0))
+        parts = [list(column.parts()) for column in self.columns]
+        for column in self.columns:
+            column.clear()  # the parts hold the chunks until each is written
+        for i in range(len(parts[0])):
+            arrays = []
+            for column, chunks in zip(self.columns, parts):
+                values = chunks[i]
+                # From the chunk's own memory: pa.array() would read a mapped chunk slowly.
+                flat = np.ascontiguousarray(values).reshape(-1)
+                base = pa.from_numpy_dtype(flat.dtype)
+                flat = pa.Array.from_buffers(base, len(flat), [None, pa.py_buffer(flat)])
+                if column.kind == "array":
+                    size = int(np.prod(column.dtype.shape))
+                    arrays.append(pa.FixedSizeListArray.from_arrays(flat, size))
+                else:
+                    arrays.append(flat)
+                chunks[i] = None  # given back once written
+            self._writer.write_table(pa.Table.from_arrays(arrays, schema=self._writer.schema))
+            del arrays, values
+        path, rows = self.spilled[-1]
+        self.spilled[-1] = (path, rows + n)
+        self.spilled_rows += n
+        return n
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _spilled_parts(self, column: _Column):
+        import pyarrow.parquet as pq
+
+        self._close_writer()
+        for path, _n in self.spilled:
+            data = pq.ParquetFile(path)
+            for group in range(data.num_row_groups):
+                values = data.read_row_group(group, columns=[column.name]).column(0)
+                values = values.combine_chunks()
+                if column.kind == "array":
+                    yield values.flatten().to_numpy().reshape(len(values), *column.dtype.shape)
+                else:
+                    yield values.to_numpy()
+
+    def _final_strings(self, column: _Column, n: int) -> tuple[np.ndarray, list, bool]:
+        """The rank of each code among the sorted texts, and whether to make a categorical."""
+        texts = self.strings[column.name][1]
+        labels = sorted(set(texts))
+        position = {t: i for i, t in enumerate(labels)}
+        categorical = n > 32 and len(labels) <= max(1, n // 4)
+        dtype = np.int32
+        if categorical:
+            dtype = np.int8 if len(labels) < 128 else np.int16 if len(labels) < 32768 else np.int32
+        rank = np.array([position[t] for t in texts], dtype=dtype)
+        return rank, labels, categorical
+
+    def frame(self, wall_offset_ns: int | None, consume: bool = False, order=None, alloc=None):
+        """The DataFrame of every row, spilled ones first.
+
+        ``consume``: give each chunk back once copied (the store is empty afterwards).
+        ``order``: rows to take, in this order (``sort_order``). ``alloc(n, dtype)``:
+        where the final columns go (default: ordinary memory).
+        """
+        import pandas as pd
+
+        n = self.rows
+        alloc = alloc or (lambda count, dtype: np.empty(count, dtype))
+        columns = {}
+        for column in self.columns:
+            is_time = (
+                column.kind == "num"
+                and _TIMESTAMP.match(column.name)
+                and column.dtype.kind in "iu"
+                and wall_offset_ns is not None
+            )
+            rank = labels = None
+            target = column.dtype
+            if column.kind == "str":
+                rank, labels, categorical = self._final_strings(column, n)
+                target = rank.dtype
+            elif is_time:
+                target = np.dtype("i8")
+            shape = (n, *column.dtype.shape) if column.kind == "array" else n
+            out = alloc(shape, target.base if column.kind == "array" else target)
+            at = 0
+            for part in self._spilled_parts(column):
+                out[at : at + len(part)] = rank[part] if rank is not None else part
+                at += len(part)
+            chunks = column.chunks
+            for i in range(len(chunks)):
+                part = chunks[i] if i < len(chunks) - 1 else chunks[i][: column.fill]
+                out[at : at + len(part)] = rank[part] if rank is not None else part
+                at += len(part)
+                if consume:
+                    chunks[i] = None  # this chunk's memory goes back now
+                del part
+            if consume:
+                column.clear()
+            if order is not None:
+                out = out[order]
+            if is_time:
+                out += wall_offset_ns
+                values = out.view("M8[ns]")
+            elif column.kind == "str":
+                labels = np.array(labels, dtype=object)
+                if categorical:
+                    values = pd.Categorical.from_codes(out, categories=labels)
+                else:
+                    values = pd.Series(labels[out] if n else [], dtype="object")
+            elif column.kind == "array":
+                values = list(out)
+            else:
+                values = out
+            columns[column.name] = values
+        if consume:
+            self.clear()
+        return pd.DataFrame(columns, copy=False)
+
+    def sort_order(self, name: str):
+        """Row order by column ``name`` (stable), or None when the rows are in order already."""
+        column = next(c for c in self.columns if c.name == name)
+        values = np.concatenate([*self._spilled_parts(column), *column.parts()])
+        if len(values) < 2 or bool((values[1:] >= values[:-1]).all()):
+            return None
+        return np.argsort(values, kind="stable")
+
+    def clear(self) -> None:
+        for column in self.columns:
+            column.clear()
+        self._close_writer()
+        for path, _n in self.spilled:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.spilled, self.spilled_rows = [], 0

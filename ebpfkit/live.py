@@ -50,16 +50,32 @@ def events_so_far(session) -> int:
 
 
 def lost_so_far(session) -> int:
-    """Records the buffers could not take, as the program counted them so far."""
+    """Records the buffers could not take, as the program counted them so far, and
+    bpf_trace_printk lines written but neither read nor still in the trace buffer."""
     from . import channels, program
 
+    printk = _printk_lost_so_far(session)
     if session.bpf is None or not session.channels:
-        return sum(c.lost for c in session.channels)
+        return sum(c.lost for c in session.channels) + printk
     try:
         channels.count_lost(session.bpf, program.LOST_MAP, session.channels)
     except Exception:  # the map went away with the program: keep the last count
         pass
-    return sum(c.lost for c in session.channels)
+    return sum(c.lost for c in session.channels) + printk
+
+
+def _printk_lost_so_far(session) -> int:
+    from . import channels
+
+    if session.printk is None or session.bpf is None:
+        return 0
+    try:
+        _, lost = session.printk_lost()
+    except Exception:  # the map went away with the program
+        return 0
+    # Lines still waiting in the trace buffer are not lost yet: until they are read, take
+    # them off (the buffer is the machine's, so this errs towards too few, never too many).
+    return max(lost - channels.trace_buffer_entries(), 0)
 
 
 def recent_rows(session, n: int = ROWS):
@@ -88,9 +104,14 @@ def result_events(result) -> int:
 def final_line(result) -> str:
     """One line for a finished trace: what nbconvert keeps as the panel's text."""
     why = f" (stopped by {result.stopped_by})" if result.stopped_by else ""
+    failed = ""
+    if getattr(result, "exit_code", None):  # a workload that failed: say what it said
+        said = result.workload_message()
+        # On a line of its own, under the figures.
+        failed = f"\nworkload exit code {result.exit_code}" + (f": {said}" if said else "")
     return (
         f"traced {result.duration:.2f} s, {count(result_events(result))} events, "
-        f"lost {count(result.total_lost)}{why}"
+        f"lost {count(result.total_lost)}{why}{failed}"
     )
 
 
@@ -315,9 +336,11 @@ class WidgetView(LiveView):
         if result is not None:
             self.update(result.duration, result_events(result), self.rate, result.total_lost)
             self.text = final_line(result)
-            self.status.value = html.escape(
-                f"stopped by {result.stopped_by or 'the end'} after {result.duration:.2f} s"
-            )
+            status = f"stopped by {result.stopped_by or 'the end'} after {result.duration:.2f} s"
+            if getattr(result, "exit_code", None):
+                said = result.workload_message()
+                status += f"; workload exit code {result.exit_code}" + (f": {said}" if said else "")
+            self.status.value = html.escape(status)
         else:
             what = f"{type(error).__name__}: {error}" if error else "no result"
             self.text = f"stopped by an error ({what})"

@@ -6,7 +6,7 @@ import shlex
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Enum, Float, Int
+from traitlets import Enum, Float, Int, Unicode
 from traitlets.config import Configurable
 
 from . import channels, recording
@@ -34,6 +34,17 @@ class BpfMagics(Magics, Configurable):
     )
     buffer_pages = Int(
         channels.DEFAULT_PERF_PAGES, help="Pages per CPU for each perf buffer (a power of two)."
+    ).tag(config=True)
+    memory_budget = Unicode(
+        channels.DEFAULT_BUDGET,
+        help="The memory a trace's events may take: bytes (2G, 500M) or a share of the memory "
+        "available when the trace starts (50%).",
+    ).tag(config=True)
+    on_budget = Enum(
+        list(channels.ON_BUDGET),
+        "stop",
+        help="What a trace does at its memory budget: stop (and keep what it has) or spill "
+        "(go on, the events written to disk as Parquet and read back at the end).",
     ).tag(config=True)
     live = Enum(
         ["auto", "widget", "text", "off"],
@@ -145,6 +156,18 @@ class BpfMagics(Magics, Configurable):
         "even where the running kernel's BTF says otherwise (to see the difference)",
     )
     @argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="the memory the events may take: bytes (2G, 500M) or a share of the memory "
+        "available (50%%, the default; %%config BpfMagics.memory_budget)",
+    )
+    @argument(
+        "--on-budget",
+        choices=list(channels.ON_BUDGET),
+        help="at the memory budget: stop the trace and keep what it has (default), or spill "
+        "the events to disk and go on (%%config BpfMagics.on_budget)",
+    )
+    @argument(
         "--load-only",
         action="store_true",
         help="compile and load the programs into the kernel, but attach nothing",
@@ -250,6 +273,8 @@ class BpfMagics(Magics, Configurable):
             hist=_hist(args.hist),
             fallback=args.fallback,
             exact=not args.headers_layout,
+            memory_budget=args.memory_budget or self.memory_budget,
+            on_budget=args.on_budget or self.on_budget,
             on_warning=lambda text: print(f"warning: {text}", flush=True),
             on_note=lambda text: print(f"note: {text}", flush=True),
         )

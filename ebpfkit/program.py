@@ -13,10 +13,12 @@ import re
 from dataclasses import dataclass, field
 
 from ._stderr import capture_stderr
-from .errors import CompileError, VerifierError
+from .errors import CompileError, MapRefused, VerifierError
 
 # Counts ring-buffer records the program could not write (buffer full), per buffer.
 LOST_MAP = "__ebpfkit_lost"
+# Counts bpf_trace_printk calls that wrote a line into the kernel's trace buffer.
+PRINTK_MAP = "__ebpfkit_printk"
 
 # Headers every program may need: learners forget them (struct pt_regs, the perf-event
 # context); session.py hands them to exact.py too.
@@ -64,6 +66,9 @@ class Source:
     ring_buffers: list[str] = field(default_factory=list)
     perf_buffers: list[str] = field(default_factory=list)
     uses_printk: bool = False
+    # Put in front of every printk format, so that our lines are told apart from other
+    # programs' in the machine-wide trace_pipe; None where a format is not a literal.
+    printk_tag: str | None = None
 
     def buffers(self) -> list[tuple[str, str]]:
         """Every output buffer as (name, kind); the index is its slot in the lost counter."""
@@ -169,6 +174,41 @@ def count_losses(text: str, buffers: list[tuple[str, str]]) -> str:
     return text
 
 
+_PRINTK_CALL = re.compile(r"\bbpf_(?:trace_)?printk\s*\(")
+_LITERAL_FIRST = re.compile(r'\s*"')
+
+
+def count_printk(text: str, tag: str | None) -> tuple[str, bool]:
+    """Wrap each bpf_trace_printk call so that each line it writes is counted, and tag it.
+
+    The helper returns the bytes written into the kernel's trace buffer; that buffer
+    overwrites its oldest lines when trace_pipe is read too slowly, so the lines read
+    back fall short of those written. The count (``PRINTK_MAP``) is what was written.
+    Returns the text and whether every call's format could be tagged.
+    """
+    tagged = True
+    pos = 0
+    while True:
+        m = _PRINTK_CALL.search(text, pos)
+        if not m:
+            return text, tagged
+        end = _match_paren(text, m.end() - 1)
+        if end < 0:
+            return text, False
+        call = text[m.start() : end]
+        if tag is not None and _LITERAL_FIRST.match(call[m.end() - m.start() :]):
+            at = m.end() - m.start()
+            call = f'{call[:at]}"{tag}" {call[at:].lstrip()}'
+        else:
+            tagged = False
+        new = (
+            f"({{ int __p = {call}; if (__p > 0) {{ int __k = 0; "
+            f"u64 *__v = {PRINTK_MAP}.lookup(&__k); if (__v) (*__v)++; }} __p; }})"
+        )
+        text = text[: m.start()] + new + text[end:]
+        pos = m.start() + len(new)
+
+
 def inject_filter(text: str, fn_names: set[str]) -> str:
     """Start each probe function with the pid/comm filter, on the same line."""
     spots = []
@@ -188,13 +228,18 @@ def prepare(
     src = Source(text=text)
     src.ring_buffers = _RINGBUF_DECL.findall(text)
     src.perf_buffers = _PERF_DECL.findall(text)
-    src.uses_printk = bool(re.search(r"\bbpf_(?:trace_)?printk\s*\(", text))
+    src.uses_printk = bool(_PRINTK_CALL.search(text))
     prelude = _PRELUDE
     body = text
     buffers = src.buffers()
     if buffers:
         prelude += f"BPF_PERCPU_ARRAY({LOST_MAP}, u64, {len(buffers)});\n"
         body = count_losses(body, buffers)
+    if src.uses_printk:
+        tag = f"ebpfkit-{os.urandom(4).hex()}: "
+        prelude += f"BPF_PERCPU_ARRAY({PRINTK_MAP}, u64, 1);\n"
+        body, tagged = count_printk(body, tag)
+        src.printk_tag = tag if tagged else None
     if pid or comm:
         prelude += _FILTER.format(pid=int(pid or 0), comm=comm_filter(comm) if comm else "")
         body = inject_filter(body, fn_names or set())
@@ -274,7 +319,8 @@ def explain_compile_error(src: Source, stderr: str) -> str:
 # What verifier messages usually mean, for a learner.
 _VERIFIER_HINTS = [
     (
-        r"Argument list too long|E2BIG|too many instructions|Program too large",
+        r"Argument list too long|E2BIG|too many instructions|Program too large|"
+        r"jumps is too complex",
         "the verifier ran out of its budget of 1,000,000 checked instructions, usually on a "
         "loop whose bound it cannot see (a bound read from a map or an argument): use a small "
         "constant bound, and stop early with break",
@@ -393,6 +439,120 @@ def explain_backend_crash(src: Source, output: str) -> str:
     )
 
 
+# What libbcc prints when the kernel will not create a map (bpf_module.cc, load_maps).
+_MAP_REFUSED = re.compile(r"could not open bpf map: (?P<name>\w+), error: (?P<why>[^\n]*)")
+
+# The errors map creation gives, in the words of strerror, and what each means there.
+_MAP_ERRNO = {
+    "Argument list too long": (
+        "E2BIG",
+        "the map is larger than the kernel will create: it caps what one map may hold",
+    ),
+    "Cannot allocate memory": (
+        "ENOMEM",
+        "the kernel could not find that much memory for it (the machine's free memory, or "
+        "the memory cgroup's limit)",
+    ),
+    "Operation not permitted": (
+        "EPERM",
+        "the process may not lock that much memory (RLIMIT_MEMLOCK, `ulimit -l`) or lacks "
+        "the privileges for this kind of map",
+    ),
+    "Invalid argument": (
+        "EINVAL",
+        "this kind of map does not take that key size, value size or number of entries "
+        "(zero entries, or a ring buffer whose size is not a power of two pages)",
+    ),
+}
+
+# Map-declaring macros: the place of key type, value type and size among their arguments
+# (after the name), and their defaults (bcc's helpers.h).
+_MAP_MACROS = {
+    "BPF_HASH": ("hash", 0, 1, 2, ("u64", "u64", "10240")),
+    "BPF_LRU_HASH": ("hash", 0, 1, 2, ("u64", "u64", "10240")),
+    "BPF_PERCPU_HASH": ("per-CPU hash", 0, 1, 2, ("u64", "u64", "10240")),
+    "BPF_ARRAY": ("array", None, 0, 1, ("u64", "10240")),
+    "BPF_PERCPU_ARRAY": ("per-CPU array", None, 0, 1, ("u64", "10240")),
+    "BPF_HISTOGRAM": ("histogram", 0, None, 1, ("int", "64")),
+}
+_SIZE_EXPR = re.compile(r"^[\s\d()+*<>x-]+$")
+
+
+def _entries(text: str) -> int | None:
+    """The value of a constant size like ``1 << 30`` or ``10240``; None if not that simple."""
+    text = re.sub(r"(?<=[\dA-Fa-f])[uUlL]+\b", "", text.strip())
+    if not _SIZE_EXPR.match(text) or "**" in text:
+        return None
+    try:
+        value = eval(text, {"__builtins__": {}}, {})  # digits and + - * << ( ) only
+    except Exception:  # noqa: BLE001 - not a constant we can read
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _type_size(ctype: str | None) -> int | None:
+    if ctype is None:
+        return None
+    from .frames import LayoutError, _scalar
+
+    try:
+        return _scalar(ctype).itemsize
+    except (LayoutError, TypeError):
+        return None
+
+
+def _gib(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} bytes"
+
+
+def explain_map_refused(src: Source, name: str, why: str) -> str:
+    """The kernel would not create map ``name``: what it was asked for, why, and the fix."""
+    code, meaning = _MAP_ERRNO.get(why.strip(), ("", ""))
+    errno_text = why.strip() + (f" ({code}): {meaning}" if code else "")
+    asked, fix = "", "give it fewer entries"
+    decl = re.search(rf"\b(BPF_\w+)\s*\(\s*{re.escape(name)}\s*(?=[,)])", src.text)
+    if decl and decl.group(1) in _MAP_MACROS:
+        kind, key_at, value_at, size_at, defaults = _MAP_MACROS[decl.group(1)]
+        opened = src.text.index("(", decl.start())
+        end = _match_paren(src.text, opened)
+        args = [a.strip() for a in _split_args(src.text[opened + 1 : end - 1])][1:]
+        args = [a for a in args if a] + list(defaults[len([a for a in args if a]) :])
+
+        def arg(at):
+            return args[at] if at is not None and at < len(args) else None
+
+        key = arg(key_at) or ("int" if key_at is None else None)
+        value = arg(value_at) or ("u64" if value_at is None else None)
+        entries = _entries(arg(size_at) or "")
+        sizes = [_type_size(key), _type_size(value)]
+        if entries is not None:
+            asked = f" (a {kind} map of {entries:,} entries"
+            if None not in sizes:
+                per_entry = sum(sizes)
+                total = entries * per_entry
+                asked += (
+                    f" of {per_entry} bytes: key {key} {sizes[0]} + value {value} {sizes[1]}; "
+                    f"{_gib(total)} before the kernel's own overhead per entry"
+                )
+                if "per-CPU" in kind:
+                    asked += ", and each value once per CPU"
+                fit = max(1, min(entries // 2, (64 << 20) // per_entry))
+                fit = 1 << (fit.bit_length() - 1)
+                fix = (
+                    f"give it fewer entries: {entries:,} x {per_entry} bytes needs "
+                    f"{_gib(total)}; 1 << {fit.bit_length() - 1} ({fit:,} entries) would need "
+                    f"{_gib(fit * per_entry)}"
+                )
+            asked += ")"
+    return (
+        f"the kernel refused to create map {name}{asked}: {errno_text}. "
+        f"The C code compiled; to fix it, {fix}."
+    )
+
+
 def compile_source(bcc, src: Source, cflags: list[str] | None = None):
     """Compile with BCC; attach nothing yet (see ``autoload``).
 
@@ -407,6 +567,10 @@ def compile_source(bcc, src: Source, cflags: list[str] | None = None):
         with capture_stderr() as err:
             b = _bpf_class(bcc)(text=src.final, cflags=flags)
     except Exception as e:  # noqa: BLE001 - BCC raises plain Exception
+        refused = _MAP_REFUSED.search(err.text)
+        if refused:
+            # It compiled; creating a map in the kernel is what failed.
+            raise MapRefused(explain_map_refused(src, refused["name"], refused["why"])) from None
         if "Failed to compile" in str(e):
             raise CompileError(explain_compile_error(src, err.text)) from None
         raise CompileError(f"BCC failed: {e}\n{err.text[-2000:]}") from None

@@ -19,6 +19,7 @@ class TraceResult:
     channels: dict = field(default_factory=dict)
     maps: dict = field(default_factory=dict)
     printk: object = None
+    printk_written: int | None = None
     lost: dict = field(default_factory=dict)
     received: dict = field(default_factory=dict)
     duration: float = 0.0
@@ -28,6 +29,11 @@ class TraceResult:
     notes: list = field(default_factory=list)
     output: str = ""
     exit_code: int | None = None
+    # The memory the trace's events could take (bytes), and how many went to disk on the way.
+    memory_budget: int | None = None
+    spilled: int = 0
+    # The end of what the workload wrote to stderr (it is in ``output`` too).
+    workload_error: str = ""
     # The magic prints warnings and notes as they happen; its result then leaves them out.
     announced: bool = False
     # The C source and options that made it (kept in recordings), and for a replayed
@@ -48,6 +54,11 @@ class TraceResult:
             f"RECORDING made on {r.get('date', '?')} on {r.get('system', 'Linux')} "
             f"{r.get('kernel', '?')} - not a live trace"
         )
+
+    def workload_message(self) -> str:
+        """The last lines the workload wrote to stderr, on one line (the shell's complaint)."""
+        lines = [line.strip() for line in self.workload_error.splitlines() if line.strip()]
+        return "; ".join(lines[-3:])
 
     @property
     def total_lost(self) -> int:
@@ -76,12 +87,17 @@ class TraceResult:
             lost = self.lost.get(name, 0)
             lost_text = f", LOST {lost}" if lost else ", lost 0"
             lines.append(f"{name}: received {self.received.get(name, 0)} events{lost_text}")
-        if self.printk is not None and len(self.printk):
+        if self.printk_written is not None:
+            lost = self.lost.get("printk", 0)
+            lost_text = f", LOST {lost} of {self.printk_written} written" if lost else ", lost 0"
+            lines.append(f"printk: {len(self.printk)} lines{lost_text}")
+        elif self.printk is not None and len(self.printk):
             lines.append(f"printk: {len(self.printk)} lines")
         for name, df in self.maps.items():
             lines.append(f"map {name}: {len(df)} rows")
         if self.exit_code is not None:
-            lines.append(f"workload exit code {self.exit_code}")
+            said = self.workload_message() if self.exit_code else ""
+            lines.append(f"workload exit code {self.exit_code}" + (f": {said}" if said else ""))
         return lines
 
     def __repr__(self) -> str:

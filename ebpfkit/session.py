@@ -22,13 +22,15 @@ from collections.abc import Callable, Iterable
 
 from . import attach, channels, exact, frames, layout, probes, program
 from ._bcc import bcc as _bcc
-from .errors import BadArguments, CompileError, NotPermitted, ProbeNotFound
+from .errors import BadArguments, CompileError, NothingAttached, NotPermitted, ProbeNotFound
 from .result import TraceResult
 
 DEFAULT_DURATION = 5.0  # seconds, when there is no workload to wait for
 WORKLOAD_LIMIT = 60.0  # seconds, the default cap while waiting for a workload
 MAX_DURATION = 3600.0
 POLL_MS = 50
+QUICK_FAILURE = 1.0  # s: a workload that fails sooner than this did not really run
+STDERR_TAIL = 4096  # bytes of the workload's stderr kept for the result
 # Tables that are plumbing rather than results.
 _SKIP_TABLES = {frames.PERF_EVENT_ARRAY, frames.RINGBUF, frames.STACK_TRACE, frames.PROG_ARRAY}
 
@@ -64,6 +66,53 @@ def require_privileges() -> None:
     )
 
 
+_AUTO_MACRO = re.compile(
+    r"\b(?:TRACEPOINT_PROBE|RAW_TRACEPOINT_PROBE|KFUNC_PROBE|KRETFUNC_PROBE|LSM_PROBE)\s*\("
+)
+_ANY_DEF = re.compile(r"\b(?:int|u32|u64|long|void)\s+(\w+)\s*\([^;{}()]*\)\s*\{")
+
+
+def attached_by_name(text: str) -> bool:
+    """Whether bcc attaches something of the cell by itself (kprobe__..., TRACEPOINT_PROBE)."""
+    if _AUTO_MACRO.search(text):
+        return True
+    return any(name.startswith(program.AUTO_PREFIXES) for name in _ANY_DEF.findall(text))
+
+
+def check_something_attaches(specs: list[attach.Spec], text: str) -> None:
+    """A cell that would attach nothing is an error, not a silent empty trace."""
+    if specs or attached_by_name(text):
+        return
+    functions = attach.candidate_functions(text)
+    # Helpers called by other functions are not meant to be attached: name the others.
+    entry = [f for f in functions if len(re.findall(rf"\b{re.escape(f)}\s*\(", text)) < 2]
+    named = entry or functions
+    if named:
+        fn = named[0]
+        what = (
+            f"its function{'s' if len(named) > 1 else ''} "
+            f"{', '.join(f + '()' for f in named)} {'are' if len(named) > 1 else 'is'} "
+            "neither named the bcc way nor given to an attach option"
+        )
+        how = (
+            f"attach {fn}() with an option (-t CATEGORY:EVENT={fn} for a tracepoint, "
+            f"-u BINARY:SYMBOL={fn} for a uprobe, -P cpu-clock:99={fn} for a perf event, "
+            f"-k FUNCTION={fn} for a kprobe), or name it the bcc way "
+            "(TRACEPOINT_PROBE(CATEGORY, EVENT) { ... }, tracepoint__CATEGORY__EVENT, "
+            "kprobe__FUNCTION)"
+        )
+    else:
+        what = "it defines no function to attach"
+        how = (
+            "write a probe function: TRACEPOINT_PROBE(CATEGORY, EVENT) { ... }, or "
+            "int fn(void *ctx) { ... } with an option such as -t CATEGORY:EVENT=fn"
+        )
+    raise NothingAttached(
+        f"the cell attaches nothing, so the trace would see nothing: {what}. To trace, {how}. "
+        "To only load the programs into the kernel, use --load-only."
+    )
+
+
 class Session:
     """A compiled, attached program and what it has sent so far."""
 
@@ -87,6 +136,9 @@ class Session:
         exact: bool = True,
         on_warning: Callable[[str], None] | None = None,
         on_note: Callable[[str], None] | None = None,
+        memory_budget: int | str | None = None,
+        on_budget: str = "stop",
+        spill_dir: str | None = None,
     ):
         self.source = source
         self.specs = [
@@ -107,6 +159,14 @@ class Session:
             raise BadArguments(f"perf buffer pages must be a power of two, not {perf_pages}")
         if max_events is not None and max_events <= 0:
             raise BadArguments(f"--max-events {max_events}: give a number of events above 0")
+        if on_budget not in channels.ON_BUDGET:
+            raise BadArguments(
+                f"--on-budget {on_budget!r}: give stop (end the trace and keep what it has) "
+                "or spill (go on, with the events written to disk)"
+            )
+        channels.budget_bytes(memory_budget)  # a value it cannot read is an error now
+        self.memory_budget, self.on_budget, self.spill_dir = memory_budget, on_budget, spill_dir
+        self.budget: channels.MemoryBudget | None = None
         self.pid, self.comm = pid, comm
         self.max_events = max_events
         self.perf_pages = perf_pages
@@ -169,6 +229,16 @@ class Session:
         """Compile, open the buffers and attach every probe; on any failure, clean up."""
         # A second run of the same Session begins afresh (each buffer has its loss slot).
         self.channels, self.printk, self.stop_reason = [], None, ""
+        if self.on_budget == "spill":
+            # Imported before the trace: at the first spill it would stall the reading.
+            import pyarrow.parquet  # noqa: F401
+        # Measured now: a share of the memory available when this trace starts.
+        self.budget = channels.MemoryBudget(
+            channels.budget_bytes(self.memory_budget),
+            self.on_budget,
+            self.spill_dir,
+            on_stop=self._stop_producers,
+        )
         try:
             require_privileges()
         except NotPermitted:
@@ -189,10 +259,12 @@ class Session:
             check_trace_pipe(self)  # a background trace of ours may hold trace_pipe
         self._compile(bcc)
         try:
+            # After compiling: a cell that does not compile says so first.
+            check_something_attaches(self.specs, self.source)
             self._open_channels(bcc)
             program.autoload(bcc, self.bpf)
             if self.src.uses_printk:
-                self.printk = channels.PrintkReader()
+                self.printk = channels.PrintkReader(self.src.printk_tag)
             for spec in self.specs:
                 attach.attach(
                     bcc, self.bpf, spec, pid=self.pid if spec.kind != "tracepoint" else None
@@ -272,7 +344,7 @@ class Session:
         self.detach()
 
     def poll(self, timeout_ms: int = POLL_MS) -> None:
-        channels.poll(self.bpf, self.channels, timeout_ms)
+        channels.poll(self.bpf, self.channels, timeout_ms, self.budget)
         if self.printk:
             self.printk.read()
 
@@ -355,8 +427,9 @@ class Session:
         limit = duration or (WORKLOAD_LIMIT if workload else DEFAULT_DURATION)
         if self.bpf is None:
             self.start()
-        proc, out = None, None
+        proc, out, errors = None, None, None
         stopped_by = "duration"
+        ended_after = None
         start = time.monotonic()
         # The deadline is kept by a timer, not by the loop: under a flood of records BCC's
         # readers do not return until the buffer is empty, which may be never.
@@ -368,13 +441,7 @@ class Session:
             if workload:
                 out = tempfile.TemporaryFile()
                 # Started after every probe is attached, so the trace sees it from the start.
-                proc = subprocess.Popen(
-                    ["/bin/sh", "-c", workload],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+                proc, errors = _start_workload(workload, out)
             while True:
                 elapsed = time.monotonic() - start
                 if elapsed >= limit or self.stop_reason:
@@ -388,6 +455,7 @@ class Session:
                     break
                 if proc is not None and proc.poll() is not None:
                     stopped_by = "workload exit"
+                    ended_after = time.monotonic() - start
                     self.poll(POLL_MS)  # records still on their way from the last instructions
                     break
         except KeyboardInterrupt:
@@ -412,9 +480,23 @@ class Session:
         result.stopped_by = stopped_by
         if proc is not None:
             result.exit_code = proc.returncode
+            errors.join(timeout=1)  # its stderr, copied into the output until the end
+            result.workload_error = errors.text()
             out.seek(0)
             result.output = out.read().decode("utf-8", "replace")
             out.close()
+            if proc.returncode and ended_after is not None and ended_after < QUICK_FAILURE:
+                said = result.workload_message()
+                text = (
+                    f"the workload failed at once: `{workload}` exited with code "
+                    f"{proc.returncode} after {ended_after:.2f} s"
+                    + (f" ({said})" if said else "")
+                    + ", so the trace saw little or nothing of it"
+                )
+                result.warnings.append(text)
+                self.warnings.append(text)
+                if self.on_warning:
+                    self.on_warning(text)
         return result
 
     def collect(self) -> TraceResult:
@@ -422,7 +504,7 @@ class Session:
         bcc = _bcc()
         try:
             self.detach()
-            channels.drain(self.bpf, self.channels)
+            channels.drain(self.bpf, self.channels, self.budget)
             if self.printk:
                 self.printk.read()
             if self.channels:
@@ -431,13 +513,17 @@ class Session:
                 attached=self.attached(), warnings=list(self.warnings), notes=list(self.notes)
             )
             stacks = self._stack_table()
+            self._budget_said(result)
             for c in self.channels:
-                df = c.frame(self.wall_offset)
-                times = [col for col in df.columns if str(df[col].dtype).startswith("datetime64")]
-                if c.kind == "perf" and times:
-                    # Per-CPU buffers interleave; order by the program's own timestamp.
-                    df = df.sort_values(times[0], kind="stable").reset_index(drop=True)
-                if self.max_events:
+                # Per-CPU buffers interleave; order by the program's own timestamp.
+                times = frames.time_fields(c.dtype) if c.kind == "perf" and c.dtype else []
+                alloc = None
+                if self.budget is not None and c.store is not None:
+                    alloc = self.budget.alloc(c.store.rows * c.store.row_bytes)
+                df = c.take_frame(
+                    self.wall_offset, sort_by=times[0] if times else None, alloc=alloc
+                )
+                if self.max_events and len(df) > self.max_events:
                     df = df.head(self.max_events)
                 if stacks is not None:
                     df = frames.add_stacks(df, self.bpf, stacks)
@@ -449,9 +535,61 @@ class Session:
             result.maps = self._maps(bcc, stacks)
             if self.printk:
                 result.printk = self.printk.frame(self.wall_offset)
+                self._count_printk(result)
             return result
         finally:
+            if self.budget is not None:
+                self.budget.cleanup()
             self.close()
+
+    def _budget_said(self, result: TraceResult) -> None:
+        """What the memory budget did, in the result and as it happens."""
+        budget = self.budget
+        if budget is None:
+            return
+        result.memory_budget = budget.limit
+        result.spilled = budget.spilled
+        if not budget.reached:
+            return
+        limit = channels.size_text(budget.limit)
+        if budget.action == "spill" and budget.spilled:
+            self._note(
+                f"the events outgrew the memory budget of {limit}: {budget.spilled:,} of them "
+                f"({channels.size_text(budget.spilled_bytes)}) were spilled to disk (Parquet) "
+                "while tracing, and read back into the DataFrame at the end"
+            )
+            result.notes.append(self.notes[-1])
+        if self.stop_reason == "memory budget":
+            kept = sum(c.received for c in self.channels)
+            self._warn(
+                f"the trace stopped at its memory budget of {limit} and kept the "
+                f"{kept:,} events it had. To trace longer: spill the events to disk "
+                "(--on-budget spill, on_budget='spill'), raise the budget (--memory-budget, "
+                "%config BpfMagics.memory_budget, memory_budget=), or send fewer events "
+                "(filter with --pid/--comm, or count in a map)"
+            )
+            result.warnings.append(self.warnings[-1])
+
+    def printk_lost(self) -> tuple[int, int]:
+        """(lines the program wrote, lines of them lost so far)."""
+        produced = channels.count_printk(self.bpf, program.PRINTK_MAP)
+        return produced, max(produced - self.printk.delivered, 0)
+
+    def _count_printk(self, result: TraceResult) -> None:
+        produced, lost = self.printk_lost()
+        result.lost["printk"] = lost
+        result.printk_written = produced
+        if lost:
+            text = (
+                f"bpf_trace_printk: {lost:,} of {produced:,} lines were lost: the kernel's "
+                "trace buffer (one for the whole machine) overwrote them before trace_pipe "
+                "was read. printk is for a few lines of debugging; for one event per call, "
+                "send a struct through a ring buffer (BPF_RINGBUF_OUTPUT) instead"
+            )
+            result.warnings.append(text)
+            self.warnings.append(text)
+            if self.on_warning:
+                self.on_warning(text)
 
     def attached(self) -> list[str]:
         out = [str(s) for s in self.specs]
@@ -491,7 +629,7 @@ class Session:
         ncpus = len(bcc.utils.get_possible_cpus())
         out = {}
         for name, ttype in self._tables(bcc):
-            if ttype in _SKIP_TABLES or name == program.LOST_MAP:
+            if ttype in _SKIP_TABLES or name in (program.LOST_MAP, program.PRINTK_MAP):
                 continue
             table = self.bpf[name]
             if name in histograms:
@@ -522,6 +660,53 @@ def _catch_sigint(stop: Callable[[], None]):
 def _restore_sigint(previous) -> None:
     if previous is not None:
         signal.signal(signal.SIGINT, previous)
+
+
+class _StderrCopy(threading.Thread):
+    """Copies the workload's stderr into its output file and keeps the last bytes of it."""
+
+    def __init__(self, fd: int, out):
+        super().__init__(daemon=True, name="ebpfkit-workload-stderr")
+        self.fd, self.out = fd, out
+        self.tail = b""
+
+    def run(self) -> None:
+        try:
+            while True:
+                data = os.read(self.fd, 65536)
+                if not data:
+                    return
+                # The same open file as the workload's stdout: one offset, nothing overwritten.
+                os.write(self.out.fileno(), data)
+                self.tail = (self.tail + data)[-STDERR_TAIL:]
+        except OSError:
+            return
+        finally:
+            os.close(self.fd)
+
+    def text(self) -> str:
+        return self.tail.decode("utf-8", "replace")
+
+
+def _start_workload(workload: str, out) -> tuple[subprocess.Popen, _StderrCopy]:
+    """The workload under /bin/sh: stdout to ``out``, stderr to ``out`` and kept aside."""
+    read, write = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", workload],
+            stdout=out,
+            stderr=write,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(read)
+        raise
+    finally:
+        os.close(write)
+    copy = _StderrCopy(read, out)
+    copy.start()
+    return proc, copy
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
