@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import bpf, needs_root, nobody_readable_dir
+from helpers import bpf, needs_root, nobody_readable_dir
 from test_cleanup import held
 from test_live import opened, wait_for
 from test_recording import _child, env

@@ -30,7 +30,7 @@ from browser_lab import (
     wait_cell_done,
     wait_for_panel,
 )
-from conftest import needs_root
+from helpers import needs_root
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "browser"
 FN = "ebk_browser_tp"  # the BPF program's name, as `bpftool prog list` shows it

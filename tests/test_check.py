@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_root, prog_ids
+from helpers import needs_root, prog_ids
 
 from ebpfkit import program, session
 from ebpfkit._bcc import bcc as get_bcc

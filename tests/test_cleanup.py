@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KPROBES, bpf, needs_root
+from helpers import KPROBES, bpf, needs_root
 
 from ebpfkit.errors import (
     AttachError,

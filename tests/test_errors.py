@@ -20,7 +20,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import KPROBES, KPROBES_WHY, bpf, needs_root, prog_ids
+from helpers import KPROBES, KPROBES_WHY, bpf, needs_root, prog_ids
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 

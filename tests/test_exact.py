@@ -17,7 +17,7 @@ import sys
 import threading
 
 import pytest
-from conftest import needs_root
+from helpers import needs_root
 
 from ebpfkit.exact import corrected_structs, exact_prelude, hoisted_directives
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from browser_lab import in_ci, launch, missing_browser
-from conftest import GETPPID_CELL as TRACE
-from conftest import needs_root
+from helpers import GETPPID_CELL as TRACE
+from helpers import needs_root
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from ebpfkit import handouts, kernelspec

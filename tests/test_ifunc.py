@@ -5,7 +5,7 @@ That the IFUNC flag agrees with `nm -D` is tested in test_probes.py.
 
 from __future__ import annotations
 
-from conftest import needs_root
+from helpers import needs_root
 
 from ebpfkit.session import Session
 

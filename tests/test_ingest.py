@@ -15,7 +15,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import needs_root
+from helpers import needs_root
 
 from ebpfkit.ringbuf import RingReader
 from ebpfkit.session import Session

@@ -17,7 +17,7 @@ import sys
 import textwrap
 import time
 
-from conftest import needs_root
+from helpers import needs_root
 
 from ebpfkit import probes
 

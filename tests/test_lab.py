@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import GETPPID_CELL as TRACE
-from conftest import needs_root
+from helpers import GETPPID_CELL as TRACE
+from helpers import needs_root
 
 websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import bpf, needs_root, prog_ids
+from helpers import bpf, needs_root, prog_ids
 from test_cleanup import TRACE_PIPE_BUSY, held
 
 import ebpfkit

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import bpf, needs_kprobes, needs_root, prog_ids
+from helpers import bpf, needs_kprobes, needs_root, prog_ids
 
 pytestmark = needs_root
 

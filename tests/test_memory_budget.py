@@ -16,7 +16,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import needs_root
+from helpers import needs_root
 
 pytestmark = needs_root
 

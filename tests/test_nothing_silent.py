@@ -17,7 +17,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import bpf, needs_root, prog_ids
+from helpers import bpf, needs_root, prog_ids
 
 from ebpfkit import live, probes
 from ebpfkit.errors import EbpfkitError, MapRefused, NothingAttached

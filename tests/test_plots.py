@@ -20,7 +20,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import needs_root, prog_ids
+from helpers import needs_root, prog_ids
 
 matplotlib.use("Agg")  # headless: no display, figures only in memory
 

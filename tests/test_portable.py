@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import needs_root, prog_ids
+from helpers import needs_root, prog_ids
 
 from ebpfkit import sources, tools
 from ebpfkit.errors import BadArguments

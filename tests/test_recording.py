@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import bpf, needs_root, nobody_readable_dir
+from helpers import bpf, needs_root, nobody_readable_dir
 
 import ebpfkit
 from ebpfkit import recording

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KPROBES, needs_root
+from helpers import KPROBES, needs_root
 
 pytestmark = needs_root
 

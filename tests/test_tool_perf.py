@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import needs_root
+from helpers import needs_root
 
 from ebpfkit.tools import perf
 

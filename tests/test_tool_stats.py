@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from helpers import needs_root
 
 EBPFKIT = [sys.executable, "-m", "ebpfkit"]
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from helpers import needs_root
 
 from ebpfkit.tools import trace as tracer
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from helpers import needs_root
 
 from ebpfkit import probes
 

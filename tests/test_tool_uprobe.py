@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from helpers import needs_root
 
 pytestmark = needs_root
 
