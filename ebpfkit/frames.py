@@ -458,6 +458,10 @@ class ColumnStore:
     """
 
     def __init__(self, dtype: np.dtype):
+        # Strings are numbered with pandas: imported now, before the probes attach, as the
+        # first read would otherwise stall ~0.2 s on the import while the buffer overflows.
+        import pandas  # noqa: F401
+
         self.dtype = dtype  # the C struct, compact
         self.columns: list[_Column] = []
         self.strings: dict[str, tuple[dict, list, list]] = {}

@@ -131,7 +131,7 @@ def test_a_one_page_buffer_counts_every_loss(loop, kind):
 def test_ring_records_that_wrap_past_the_end_are_read_whole(loop):
     # One page of data, 48-byte slots (8 header + 40 record): 4096 is no multiple of 48,
     # so once more than 85 records have passed, records straddle the end of the area.
-    result, produced = run(program("ring", pages=1), f"{loop} 20000")
+    result, produced = run(program("ring", pages=1), f"{loop} 200000")
     stride = RingReader.stride(40)
     assert 4096 % stride != 0
     assert result.received["events"] * stride > 4 * 4096
