@@ -157,27 +157,10 @@ def decode_strings(column: np.ndarray):
     import pandas as pd
 
     n = len(column)
-    width = column.dtype.itemsize
-    if n == 0 or width == 0:
+    if n == 0 or column.dtype.itemsize == 0:
         return pd.Series([""] * n, dtype="object")
-    # The same bytes seen as integers of 8, 4, 2 and 1 bytes: a view, even of a column
-    # of a larger record, since the item size stays the same.
-    names, formats, offsets, at = [], [], [], 0
-    for size in (8, 4, 2, 1):
-        while width - at >= size:
-            names.append(f"w{at}")
-            formats.append(f"u{size}")
-            offsets.append(at)
-            at += size
-    words = column.view(np.dtype({"names": names, "formats": formats, "offsets": offsets}))
-    codes, _ = pd.factorize(words[names[0]])
-    for name in names[1:]:
-        more, uniques = pd.factorize(words[name])
-        codes, _ = pd.factorize(codes.astype(np.int64) * len(uniques) + more)
-    # factorize numbers values in order of first appearance: a new running maximum
-    # is a first appearance. numpy's S dtype drops trailing NULs, not bytes past one.
-    high = np.maximum.accumulate(codes)
-    firsts = np.concatenate(([0], np.flatnonzero(high[1:] != high[:-1]) + 1))
+    # numpy's S dtype drops trailing NULs, not bytes past one: cut at the first NUL here.
+    codes, firsts = _first_codes(column)
     texts = [v.split(b"\0", 1)[0].decode("utf-8", "replace") for v in column[firsts].tolist()]
     labels, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
     codes = inverse.reshape(-1)[codes]
