@@ -42,23 +42,8 @@ from ebpfkit._bcc import bcc as load_bcc  # noqa: E402
 from ebpfkit.session import Session  # noqa: E402
 
 COMM = "ebpfkit-bench"
-LOOP_C = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-#include <unistd.h>
-#include <sys/prctl.h>
-int main(int argc, char **argv) {
-    long n = atol(argv[1]);
-    struct timespec a, b;
-    prctl(PR_SET_NAME, "ebpfkit-bench");
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    for (long i = 0; i < n; i++) getppid();
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    printf("%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
-    return 0;
-}
-"""
+# The workload the tests use too: an exact number of getppid() calls, timed.
+LOOP_C = Path(__file__).resolve().parent.parent / "tests" / "workloads" / "getppid_loop.c"
 
 # The same probe for every contender; {decl} and {send} say where the event goes.
 # Only the workload's calls count: its name starts with "ebpfkit-" (8 bytes, one compare).
@@ -98,9 +83,9 @@ def probe(kind: str, pages: int = RING_PAGES) -> str:
 
 
 def build(tmp: Path) -> str:
-    (tmp / "loop.c").write_text(LOOP_C)
-    subprocess.run(["gcc", "-O2", "-o", str(tmp / "loop"), str(tmp / "loop.c")], check=True)
-    return str(tmp / "loop")
+    """The getppid() workload, named COMM: run as ``f"{loop} CALLS"``, it prints ns per call."""
+    subprocess.run(["gcc", "-O2", "-o", str(tmp / "loop"), str(LOOP_C)], check=True)
+    return f"{tmp / 'loop'} {COMM}"
 
 
 def produced(b) -> int:
@@ -116,7 +101,7 @@ def bcc_loop(bcc, loop: str, calls: int, kind: str) -> dict:
         rows: list[tuple] = []
         lost = [0]
         if kind == "none":
-            out = subprocess.run([loop, str(calls)], capture_output=True, text=True).stdout
+            out = subprocess.run([*loop.split(), str(calls)], capture_output=True, text=True).stdout
             return row("in-kernel counter probe", out, produced(b), None, 0, None)
 
         def on_event(*args):
@@ -131,7 +116,7 @@ def bcc_loop(bcc, loop: str, calls: int, kind: str) -> dict:
         else:
             b["events"].open_ring_buffer(on_event)
             wait, rest = b.ring_buffer_poll, b.ring_buffer_consume
-        proc = subprocess.Popen([loop, str(calls)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([*loop.split(), str(calls)], stdout=subprocess.PIPE, text=True)
         while proc.poll() is None:
             wait(100)
         rest()
@@ -187,7 +172,7 @@ def decode_ebpfkit(loop: str, calls: int) -> float:
     pages = fill_pages(calls)
     s = Session(probe("ring", pages)).start()
     try:
-        subprocess.run([loop, str(calls)], check=True, capture_output=True)
+        subprocess.run([*loop.split(), str(calls)], check=True, capture_output=True)
         s.detach()
         start = time.perf_counter()
         channels.drain(s.bpf, s.channels)
@@ -209,7 +194,7 @@ def decode_bcc(bcc, loop: str, calls: int) -> float:
             rows.append((e.ts, e.pid, e.tid, e.comm))
 
         b["events"].open_ring_buffer(on_event)
-        subprocess.run([loop, str(calls)], check=True, capture_output=True)
+        subprocess.run([*loop.split(), str(calls)], check=True, capture_output=True)
         start = time.perf_counter()
         b.ring_buffer_consume()
         df = bcc_frame(rows)
@@ -341,7 +326,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         loop = build(Path(tmp))
         untraced = float(
-            subprocess.run([loop, str(a.calls)], capture_output=True, text=True).stdout
+            subprocess.run([*loop.split(), str(a.calls)], capture_output=True, text=True).stdout
         )
         rows = [
             row("untraced", f"{untraced}", None, None, None, None),

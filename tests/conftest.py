@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from helpers import KPROBES, KPROBES_WHY
+from helpers import KPROBES, KPROBES_WHY, build_getppid_loop
 
 if os.environ.get("EBPFKIT_REQUIRE_KPROBES") and not KPROBES:
     # The kprobe lane (scripts/vm-guest.sh): a skip there would hide the very thing it tests.
@@ -20,3 +20,9 @@ def ip():
     shell = start_ipython()
     shell.run_line_magic("load_ext", "ebpfkit")
     return shell
+
+
+@pytest.fixture(scope="session")
+def getppid_loop(tmp_path_factory) -> str:
+    """The getppid() workload, built once: ``f"{getppid_loop} NAME CALLS"``."""
+    return build_getppid_loop(tmp_path_factory.mktemp("workload"))

@@ -58,3 +58,16 @@ def nobody_readable_dir(prefix: str):
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# A C workload that makes an exact number of getppid() calls under a name of its choosing.
+GETPPID_LOOP_C = Path(__file__).parent / "workloads" / "getppid_loop.c"
+
+
+def build_getppid_loop(folder: Path) -> str:
+    """tests/workloads/getppid_loop.c built in ``folder``; run it as ``PATH NAME CALLS``."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the getppid() workload (apt-get install gcc)")
+    binary = folder / "getppid_loop"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(GETPPID_LOOP_C)], check=True)
+    return str(binary)

@@ -10,9 +10,6 @@ No timing is asserted: ``benchmarks/ingest.py`` measures speed.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 from helpers import needs_root
@@ -23,17 +20,6 @@ from ebpfkit.session import Session
 pytestmark = needs_root
 
 COMM = "ebpfkit-ingest"
-LOOP_C = r"""
-#include <stdlib.h>
-#include <unistd.h>
-#include <sys/prctl.h>
-int main(int argc, char **argv) {
-    long n = atol(argv[1]);
-    prctl(PR_SET_NAME, "ebpfkit-ingest");
-    for (long i = 0; i < n; i++) getppid();
-    return 0;
-}
-"""
 
 # {decl}: the buffer; {send}: how a record of {size} bytes is sent through it.
 PROGRAM = """
@@ -70,13 +56,9 @@ def program(kind: str, pages: int = 1024, size: str = "sizeof(e)") -> str:
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory):
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the getppid() workload (apt-get install gcc)")
-    d = tmp_path_factory.mktemp("ingest")
-    (d / "loop.c").write_text(LOOP_C)
-    subprocess.run(["gcc", "-O2", "-o", str(d / "loop"), str(d / "loop.c")], check=True)
-    return str(d / "loop")
+def loop(getppid_loop):
+    """The workload, named COMM: append the number of calls."""
+    return f"{getppid_loop} {COMM}"
 
 
 def run(source: str, workload: str, **options):

@@ -13,8 +13,6 @@ counts are exact on a machine where others trace too.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 
 import pytest
 from helpers import bpf, needs_root, prog_ids
@@ -26,17 +24,6 @@ from ebpfkit.session import trace
 pytestmark = needs_root
 
 COMM = "ebpfkit-printk"
-LOOP_C = r"""
-#include <stdlib.h>
-#include <unistd.h>
-#include <sys/prctl.h>
-int main(int argc, char **argv) {
-    long n = atol(argv[1]);
-    prctl(PR_SET_NAME, "ebpfkit-printk");
-    for (long i = 0; i < n; i++) getppid();
-    return 0;
-}
-"""
 PRINTK = r"""
 TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
     bpf_trace_printk("getppid %d\n", args->__syscall_nr);
@@ -46,13 +33,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory):
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the getppid() workload (apt-get install gcc)")
-    d = tmp_path_factory.mktemp("printk")
-    (d / "loop.c").write_text(LOOP_C)
-    subprocess.run(["gcc", "-O2", "-o", str(d / "loop"), str(d / "loop.c")], check=True)
-    return str(d / "loop")
+def loop(getppid_loop):
+    """The workload, named COMM: append the number of calls."""
+    return f"{getppid_loop} {COMM}"
 
 
 def overruns() -> int:
