@@ -11,7 +11,14 @@ From Python: ``ebpfkit.check()``.
 
 from __future__ import annotations
 
-from ._bcc import find_bcc as _find_bcc
+import importlib
+import sys
+
+from ._bcc import install_finder as _install_finder
+from ._version import __version__ as __version__
+
+# Every function below imports what it needs when called: `import ebpfkit` loads neither
+# BCC nor pandas, matplotlib or IPython (tests/test_imports.py).
 
 __all__ = [
     "Session",
@@ -28,10 +35,10 @@ __all__ = [
     "trace",
     "unload_ipython_extension",
 ]
-__version__ = "0.1.0"
 
-# Make `import bcc` work from a venv or conda that lacks the distribution's module.
-_find_bcc()
+# Make `import bcc` work from a venv or conda that lacks the distribution's module; BCC
+# itself (and libbcc) is loaded by the first import of it, not here.
+_install_finder()
 
 
 def trace(source: str, **options):
@@ -108,8 +115,6 @@ def __getattr__(name: str):
 
         return TraceResult
     if name == "plots":  # the pictures: matplotlib is imported only when one is drawn
-        import importlib
-
         return importlib.import_module(".plots", __name__)
     raise AttributeError(name)
 
@@ -135,8 +140,6 @@ def load_ipython_extension(ipython) -> None:
 
 def unload_ipython_extension(ipython) -> None:
     """``%unload_ext ebpfkit``: no background trace outlives the extension."""
-    import sys
-
     background = sys.modules.get("ebpfkit.background")
     if background is not None:
         background.stop_all("%unload_ext ebpfkit")

@@ -6,17 +6,21 @@ A virtualenv or conda Python does not see them, and ``pip install bcc`` is an
 unrelated project. So we look in the distribution's folders and load the
 package from there, without adding those folders to ``sys.path`` (which would
 let every other system package shadow the venv's own).
+
+``import ebpfkit`` only installs a finder (``install_finder``): a later ``import bcc``,
+by ebpfkit or by the user, finds the distribution's package, and libbcc is loaded then,
+not when ebpfkit is imported.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
 from types import ModuleType
-
-from .errors import BccMissing
 
 INSTALL_HINT = (
     "Install BCC from your distribution: on Debian/Ubuntu `sudo apt install python3-bpfcc "
@@ -50,10 +54,43 @@ def candidates() -> list[str]:
     return found
 
 
-def _load_from(path: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
+def _spec_at(path: str) -> importlib.machinery.ModuleSpec:
+    return importlib.util.spec_from_file_location(
         "bcc", os.path.join(path, "__init__.py"), submodule_search_locations=[path]
     )
+
+
+def _looks_real(spec: importlib.machinery.ModuleSpec) -> bool:
+    # Without importing it: BCC's package has its ctypes bindings in libbcc.py.
+    folders = spec.submodule_search_locations or []
+    return any(os.path.isfile(os.path.join(folder, "libbcc.py")) for folder in folders)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """``import bcc`` finds BCC's bindings: where Python would, else the distribution's."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "bcc":
+            return None
+        found = importlib.machinery.PathFinder.find_spec(fullname)
+        if found is not None and _looks_real(found):
+            return found
+        for folder in candidates():
+            return _spec_at(folder)
+        return None  # Python's own search goes on, and finds what it finds
+
+
+_FINDER = _Finder()
+
+
+def install_finder() -> None:
+    """Make ``import bcc`` find the distribution's BCC from any Python, without importing it."""
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+
+
+def _load_from(path: str) -> ModuleType:
+    spec = _spec_at(path)
     module = importlib.util.module_from_spec(spec)
     sys.modules["bcc"] = module
     try:
@@ -88,6 +125,8 @@ def find_bcc() -> ModuleType | None:
 
 def bcc() -> ModuleType:
     """BCC's module, or a clear BccMissing error saying what to install."""
+    from .errors import BccMissing  # here: errors loads IPython, which `import ebpfkit` need not
+
     module = find_bcc()
     if module is None:
         wrong = importlib.util.find_spec("bcc")

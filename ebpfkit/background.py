@@ -17,11 +17,14 @@ duration ends or its workload exits. ``stop_all`` runs at exit and on
 from __future__ import annotations
 
 import atexit
+import html
 import re
 import threading
 import time
+from types import SimpleNamespace
 
 from . import live, recording
+from .channels import PrintkReader
 from .errors import AttachError, BadArguments, EbpfkitError
 from .session import MAX_DURATION, Session, check_duration
 
@@ -151,10 +154,6 @@ class BackgroundTrace:
         return _frame_so_far(c, self.session.wall_offset)
 
     def _printk(self):
-        from types import SimpleNamespace
-
-        from .channels import PrintkReader
-
         # The reader's own frame(), over a snapshot of its rows: the thread appends.
         rows = SimpleNamespace(rows=list(self.session.printk.rows))
         return PrintkReader.frame(rows, self.session.wall_offset)
@@ -183,8 +182,6 @@ class BackgroundTrace:
         return self.summary()
 
     def _repr_html_(self) -> str:
-        import html
-
         hint = "" if not self.running else f" (<code>{self.name}.stop()</code> ends it)"
         return f"<p>{html.escape(self.summary())}{hint}</p>"
 
@@ -342,10 +339,6 @@ def get(name: str) -> BackgroundTrace:
     return trace
 
 
-def stop(name: str):
-    return get(name).stop()
-
-
 def stop_all(why: str = "stop_all()") -> dict:
     """Stop every background trace; their results by name (an error where one failed)."""
     out = {}
@@ -359,7 +352,7 @@ def stop_all(why: str = "stop_all()") -> dict:
 
 def table():
     """The background traces as a DataFrame: name, status, seconds, events, probes."""
-    import pandas as pd
+    import pandas as pd  # where a frame is made, as everywhere in ebpfkit
 
     rows = [
         {

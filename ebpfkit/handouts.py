@@ -38,6 +38,9 @@ from urllib.parse import quote
 from . import kernelspec
 from .errors import BadArguments
 
+# nbformat, nbclient, nbconvert, jinja2 and zmq are imported where they are used: they are
+# heavy, and ``ebpfkit --help`` imports this module through its ``handouts`` command.
+
 REPO_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SOLUTIONS = ("fold", "hide", "show")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"

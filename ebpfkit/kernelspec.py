@@ -30,6 +30,9 @@ from pathlib import Path
 
 from .errors import BadArguments, NotPermitted
 
+# ipykernel and jupyter_client are imported where they are used: ``ebpfkit --help`` imports
+# this module through its ``kernel`` command, and needs neither.
+
 NAME = "ebpfkit"
 DISPLAY = {
     "root": "Python 3 (ebpfkit, root)",

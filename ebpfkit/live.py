@@ -28,6 +28,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import channels, program
+from .errors import BadArguments
+
+# pandas, ipywidgets and IPython.display are imported where a frame or a widget is made:
+# the text view (the command line's) needs none of them.
+
 REFRESH = 0.25  # seconds between two updates of a view
 ROWS = 5  # recent rows shown in the panel
 TEXT_EVERY = 5.0  # seconds between two progress lines where the output is not a terminal
@@ -52,8 +58,6 @@ def events_so_far(session) -> int:
 def lost_so_far(session) -> int:
     """Records the buffers could not take, as the program counted them so far, and
     bpf_trace_printk lines written but neither read nor still in the trace buffer."""
-    from . import channels, program
-
     printk = _printk_lost_so_far(session)
     if session.bpf is None or not session.channels:
         return sum(c.lost for c in session.channels) + printk
@@ -65,8 +69,6 @@ def lost_so_far(session) -> int:
 
 
 def _printk_lost_so_far(session) -> int:
-    from . import channels
-
     if session.printk is None or session.bpf is None:
         return 0
     try:
@@ -136,8 +138,6 @@ def widgets_usable() -> bool:
 
 
 def check_mode(mode: str) -> str:
-    from .errors import BadArguments
-
     if mode not in MODES:
         raise BadArguments(f"live view {mode!r}: give one of {', '.join(MODES)}")
     return mode

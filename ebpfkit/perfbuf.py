@@ -5,7 +5,9 @@
 event of the CPU it runs on. We open those events ourselves and map each one's
 ring: a metadata page (``data_head`` written by the kernel, ``data_tail`` by us)
 then the data pages. A sample is an 8-byte ``perf_event_header``, a u32 size, then
-the record padded to 8 bytes; ``PERF_RECORD_LOST`` says how many did not fit.
+the record padded to 8 bytes. A ``PERF_RECORD_LOST`` (how many did not fit) is stepped
+over: the program counts each submit that failed, exactly, in its own map, and that count
+is the one reported (``channels.count_lost``).
 
 Everything between ``data_tail`` and ``data_head`` is copied out at once (in two
 pieces where it wraps), runs of samples of one size are recognised by comparing
@@ -27,6 +29,7 @@ import weakref
 
 import numpy as np
 
+from .cpus import online_cpus as online_cpus  # channels opens a ring on each of them
 from .ringbuf import Block, _unmap_all, as_bytes, map_memory
 
 PERF_TYPE_SOFTWARE = 1
@@ -71,17 +74,6 @@ def open_output_event(cpu: int, ring_bytes: int) -> int:
     return fd
 
 
-def online_cpus() -> list[int]:
-    """The CPUs a record can be sent from, as /sys lists them (``0-3,6``)."""
-    with open("/sys/devices/system/cpu/online") as f:
-        text = f.read().strip()
-    cpus: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        cpus += range(int(low), int(high or low) + 1)
-    return cpus
-
-
 class CpuRing:
     """One CPU's perf ring."""
 
@@ -94,20 +86,20 @@ class CpuRing:
         self.size = int(self.meta[_DATA_SIZE // 8]) or pages * page
         self.data = as_bytes(self.addr + offset, self.size)
 
-    def read(self, limit: int | None) -> tuple[list[Block], int, int]:
-        """Samples copied out (at most ``limit``), bytes consumed, records the kernel lost."""
+    def read(self, limit: int | None) -> tuple[list[Block], int]:
+        """Samples copied out (at most ``limit``), and the bytes consumed."""
         head = int(self.meta[_DATA_HEAD // 8])
         tail = int(self.meta[_DATA_TAIL // 8])
         span = head - tail
         if span <= 0:
-            return [], 0, 0
+            return [], 0
         start = tail % self.size
         if start + span <= self.size:
             buf = self.data[start : start + span].copy()
         else:
             buf = np.concatenate((self.data[start:], self.data[: start + span - self.size]))
         blocks: list[Block] = []
-        pos = taken = lost = 0
+        pos = taken = 0
         while pos + 8 <= span and (limit is None or taken < limit):
             header = int(buf[pos : pos + 8].view(np.uint64)[0])
             kind, size = header & 0xFFFFFFFF, header >> 48
@@ -125,14 +117,9 @@ class CpuRing:
                 taken += k
                 pos += k * size
                 continue
-            if kind == PERF_RECORD_LOST:
-                lost += int(buf[pos + 16 : pos + 24].view(np.uint64)[0])
-            pos += size
+            pos += size  # PERF_RECORD_LOST: the program's own count is exact (see above)
         self.meta[_DATA_TAIL // 8] = tail + pos  # after the copy: frees the space
-        return blocks, pos, lost
-
-    def pending(self) -> int:
-        return int(self.meta[_DATA_HEAD // 8]) - int(self.meta[_DATA_TAIL // 8])
+        return blocks, pos
 
 
 class PerfReader:
@@ -145,7 +132,6 @@ class PerfReader:
         self.rings: list[CpuRing] = []
         self._maps: list[tuple[int, int]] = []
         self._finalizer = weakref.finalize(self, _unmap_all, self._maps)
-        self.kernel_lost = 0  # as PERF_RECORD_LOST said; the program's own count is exact
         ring_bytes = pages * mmap.PAGESIZE
         for cpu in cpus:
             fd = open_output_event(cpu, ring_bytes)
@@ -178,16 +164,10 @@ class PerfReader:
             left = None if limit is None else limit - sum(len(b.rows) for b in blocks)
             if left is not None and left <= 0:
                 break
-            got, nbytes, lost = ring.read(left)
+            got, nbytes = ring.read(left)
             blocks += got
-            self.kernel_lost += lost
             consumed = max(consumed, nbytes)  # the fullest ring decides how soon to come back
         return blocks, consumed
-
-    def pending(self) -> int:
-        if self._finalizer.alive is False:
-            return 0
-        return max((r.pending() for r in self.rings), default=0)
 
     def close(self) -> None:
         self._finalizer()

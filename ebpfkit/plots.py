@@ -26,6 +26,9 @@ from pathlib import Path
 
 from .errors import BadArguments
 
+# matplotlib, pandas and numpy are imported by the functions that draw or make frames:
+# ``TraceResult`` imports this module, and a result that is never drawn needs none of them.
+
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 LINESTYLES = ["-", "--", "-.", ":"]
 FIGSIZE = (8, 4)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
+from . import plots, recordfile
+from .cpus import online_cpus
+from .errors import BadArguments
+
 
 @dataclass
 class TraceResult:
@@ -43,9 +47,7 @@ class TraceResult:
 
     def save(self, path):
         """Save this result to one file that ``ebpfkit.replay(path)`` loads back exactly."""
-        from .recording import save
-
-        return save(self, path)
+        return recordfile.save(self, path)
 
     def recording_line(self) -> str:
         """For a replayed result, the first line of its output: a recording, not live."""
@@ -149,8 +151,6 @@ class TraceResult:
             return self.maps[name]
         if name in self.channels:
             return self.channels[name]
-        from .errors import BadArguments
-
         raise BadArguments(
             f"{what}: no map or buffer named {name!r}; this trace has maps "
             f"{', '.join(self.maps) or '(none)'} and buffers {', '.join(self.channels) or '(none)'}"
@@ -161,16 +161,12 @@ class TraceResult:
         for df in [self.events, *self.maps.values()]:
             if df is not None and len(df.columns) and test(df):
                 return df
-        from .errors import BadArguments
-
         raise BadArguments(
             f"{what}: {hint}; this trace has maps {', '.join(self.maps) or '(none)'}"
         )
 
     def plot_hist(self, name: str | None = None, **options):
         """A histogram map as bars (see ``ebpfkit.plots.hist``): ``r.plot_hist("dist")``."""
-        from . import plots
-
         if name is None:
             df = self._first(
                 lambda d: {"low", "high", "count"} <= set(d.columns),
@@ -188,20 +184,14 @@ class TraceResult:
     def plot_rate(self, every=None, *, channel: str | None = None, **options):
         """Events per second over time (see ``ebpfkit.plots.rate``):
         ``r.plot_rate(every="100ms", by="comm")``."""
-        from . import plots
-
         df = self.events if channel is None else self._frame_named(channel, "plot_rate()")
         if df is None:
-            from .errors import BadArguments
-
             raise BadArguments("plot_rate(): this trace has no events (no output buffer)")
         return plots.rate(df, every, **options)
 
     def plot_top(self, name: str | None = None, n: int = 10, **options):
         """The n largest counts of a count map, or events counted ``by`` a column
         (see ``ebpfkit.plots.top``): ``r.plot_top("counts", n=10)``, ``r.plot_top(by="comm")``."""
-        from . import plots
-
         if name is not None:
             df = self._frame_named(name, "plot_top()")
         elif options.get("by") is not None and self.events is not None:
@@ -217,8 +207,6 @@ class TraceResult:
     def plot_cpus(self, name: str | None = None, *, hz: float | None = None, **options):
         """Samples per CPU (see ``ebpfkit.plots.cpus``); ``hz`` draws the expected count,
         hz x the seconds traced: ``r.plot_cpus("cpu_samples", hz=99)``."""
-        from . import plots
-
         if name is not None:
             df = self._frame_named(name, "plot_cpus()")
         else:
@@ -230,16 +218,12 @@ class TraceResult:
         if hz is not None:
             options.setdefault("expected", hz * self.duration)
         if getattr(self, "recorded", None) is None:  # a live trace: this machine's CPUs
-            from .tools.perf import online_cpus
-
             options.setdefault("cpus", online_cpus())
         return plots.cpus(df, **options)
 
     def _stacks(self, name: str | None):
         if name is not None:
             return self._frame_named(name, "folded()")
-        from . import plots
-
         return self._first(
             lambda d: bool(plots._stack_columns(d)),
             "folded()",
@@ -249,21 +233,15 @@ class TraceResult:
 
     def folded(self, name: str | None = None, *, root: str | None = "comm"):
         """Sampled stacks folded, ``stack`` and ``count`` (see ``ebpfkit.plots.folded``)."""
-        from . import plots
-
         return plots.folded(self._stacks(name), root=root)
 
     def write_folded(self, path, name: str | None = None, *, root: str | None = "comm"):
         """Write the folded stacks for flamegraph.pl, inferno or speedscope; returns the path."""
-        from . import plots
-
         return plots.write_folded(self.folded(name, root=root), path)
 
     def plot_flame(self, name: str | None = None, *, root: str | None = "comm", **options):
         """A flame graph of the sampled stacks, kernel frames in blue
         (see ``ebpfkit.plots.flame``): ``r.plot_flame()``, ``r.plot_flame(icicle=True)``."""
-        from . import plots
-
         df = self._stacks(name)
         kernel = set()
         for frames, id_col in plots._stack_columns(df):
@@ -276,14 +254,12 @@ class TraceResult:
 
     def _events_where(self, which, what: str):
         """A buffer by name, a DataFrame as it is, or a query on the events (``"kind == 0"``)."""
-        import pandas as pd
+        import pandas as pd  # here, as in every module: `import ebpfkit.result` stays light
 
         if isinstance(which, pd.DataFrame):
             return which
         if isinstance(which, str) and which in self.channels:
             return self.channels[which]
-        from .errors import BadArguments
-
         if self.events is None:
             raise BadArguments(f"latency({what}=...): this trace has no events")
         try:
@@ -299,14 +275,10 @@ class TraceResult:
         """Enter/exit events paired by ``key``, one row per call with ``latency_ns``
         (see ``ebpfkit.plots.latency``). ``enter`` and ``exit``: buffer names, or
         conditions on the events: ``r.latency("kind == 0", "kind == 1", key="tid")``."""
-        from . import plots
-
         return plots.latency(
             self._events_where(enter, "enter"), self._events_where(exit, "exit"), key=key, ts=ts
         )
 
     def plot_latency(self, enter, exit, *, key="pid", ts: str | None = None, **options):
         """A log2 histogram of the paired calls' latency (see ``ebpfkit.plots.latency_hist``)."""
-        from . import plots
-
         return plots.latency_hist(self.latency(enter, exit, key=key, ts=ts), **options)

@@ -151,12 +151,6 @@ class RingReader:
             self._consumer[0] = cons  # frees the space for the producers
         return blocks, cons - start
 
-    def pending(self) -> int:
-        """Bytes written and not yet read."""
-        if self._finalizer.alive is False:
-            return 0
-        return int(self._producer[0]) - int(self._consumer[0])
-
     def close(self) -> None:
         self._finalizer()
 

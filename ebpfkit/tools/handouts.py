@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..handouts import build
+
 HELP = "execute every lesson and write it as self-contained HTML (and PDF) to hand out"
 
 
@@ -43,8 +45,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..handouts import build
-
     made = build(
         args.outdir,
         args.notebooks,

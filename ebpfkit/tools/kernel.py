@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import kernelspec
 from ..errors import BadArguments
 
 HELP = "install, list, check or remove the lessons' Jupyter kernel (runs as root)"
@@ -72,8 +73,6 @@ def _env(pairs: list[str]) -> dict[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .. import kernelspec
-
     if args.action == "install":
         folder = kernelspec.install(
             args.name,
@@ -105,8 +104,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _check(name: str, quiet: bool, folder=None) -> int:
-    from .. import kernelspec
-
     ok, line = kernelspec.check(name, folder=folder)
     if not ok:
         print(f"ebpfkit kernel: {line}", file=sys.stderr)
