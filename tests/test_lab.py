@@ -38,7 +38,7 @@ CELLS = [
     "print('commands seen:', sorted(set(seen.events.comm)))",
 ]
 
-pytestmark = needs_root
+# Each test that loads programs says so: the others run without root too.
 
 
 def _free_port() -> int:
@@ -207,6 +207,7 @@ def lab(tmp_path):
             proc.wait()
 
 
+@needs_root
 def test_the_lessons_command_serves_the_root_kernel_and_runs_a_notebook(lab):
     base, token, proc = lab["base"], lab["token"], lab["proc"]
     auth = {"Authorization": f"token {token}"}
@@ -285,6 +286,7 @@ def prefix(tmp_path, monkeypatch):
     return str(tmp_path)
 
 
+@needs_root
 def test_the_root_kernel_is_this_python_run_directly(prefix):
     from ebpfkit import kernelspec
 

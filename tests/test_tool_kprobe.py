@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import KPROBES, needs_root
 
-pytestmark = needs_root
+# Each test that loads programs says so: the others run without root too.
 
 EBPFKIT = str(Path(sys.executable).with_name("ebpfkit"))
 LINE = re.compile(r"^kprobe triggered by PID (\d+) \((.*)\)$")
@@ -48,6 +48,7 @@ def calls(stdout: str) -> list[tuple[int, str]]:
     return [(int(m[1]), m[2]) for m in map(LINE.match, stdout.splitlines()) if m]
 
 
+@needs_root
 @pytest.mark.kprobes
 def test_one_line_per_call_with_the_pid_and_name_of_the_caller():
     done = ebpfkit(
@@ -77,6 +78,7 @@ def test_one_line_per_call_with_the_pid_and_name_of_the_caller():
         assert "Tracing do_sys_openat2 (tracepoint syscalls:sys_enter_openat" in out
 
 
+@needs_root
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 def test_the_count_agrees_with_strace(tmp_path):
     log = tmp_path / "strace.log"
@@ -94,6 +96,7 @@ def test_the_count_agrees_with_strace(tmp_path):
     assert sorted(pid for pid, _ in seen) == sorted(strace_calls), (done.stdout, lines)
 
 
+@needs_root
 def test_duration_ends_the_trace():
     done = ebpfkit(
         "kprobe", "do_sys_openat2", "-d", "2", "--comm", "cat", "--run",

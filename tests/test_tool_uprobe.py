@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import needs_root
 
-pytestmark = needs_root
+# Each test that loads programs says so: the others run without root too.
 
 EBPFKIT = str(Path(sys.executable).with_name("ebpfkit"))
 PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
@@ -65,6 +65,7 @@ def workload(tmp_path_factory) -> Path:
     return path
 
 
+@needs_root
 def test_counts_every_call_of_the_workload_with_its_pid_and_name(workload):
     name = unique_name()
     done = ebpfkit("uprobe", "c", "abs", "--run", f"{PYTHON} {workload} {name} 1234")
@@ -80,6 +81,7 @@ def test_counts_every_call_of_the_workload_with_its_pid_and_name(workload):
     assert re.search(r"^\s+PID\s+COMM\s+CALLS$", out, re.M), out
 
 
+@needs_root
 def test_libc_by_any_of_its_names_and_by_path(workload):
     for binary in ("libc", "libc.so.6", LIBC):
         name = unique_name()
@@ -92,6 +94,7 @@ def test_libc_by_any_of_its_names_and_by_path(workload):
         assert table(done.stdout) == {(pid, name): 300}, done.stdout
 
 
+@needs_root
 def test_pid_traces_that_process_only(workload):
     target, decoy = unique_name(), unique_name()
     procs = [
@@ -131,6 +134,7 @@ def test_pid_traces_that_process_only(workload):
     assert "(stopped by duration)" in out
 
 
+@needs_root
 def test_malloc_of_a_python_workload():
     name = unique_name()
     code = (
@@ -156,6 +160,7 @@ def test_missing_symbol_says_what_exists():
     assert time.monotonic() - start < 30
 
 
+@needs_root
 def test_missing_binary_and_missing_file():
     done = ebpfkit("uprobe", "nosuchlib", "malloc", "-d", "1")
     assert done.returncode == 2
