@@ -18,33 +18,17 @@ still there.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import signal
-import subprocess
-import sys
-import time
 
-from .. import tools
+from .. import plots, tools
+from ..cpus import online_cpus
 from ..errors import BadArguments
-from ..session import MAX_DURATION, WORKLOAD_LIMIT, Session
+from ..session import WORKLOAD_LIMIT, Session, check_duration
+
+# pandas is imported where a table is made: `ebpfkit --help` imports every tool.
 
 HELP = "sample every CPU at F Hz: samples per CPU, top commands and stacks"
 PROGRAM = "cpu_sample.c"
-
-
-def online_cpus() -> list[int]:
-    """The online CPUs, from /sys/devices/system/cpu/online ("0-3,6")."""
-    try:
-        with open("/sys/devices/system/cpu/online") as f:
-            text = f.read().strip()
-    except OSError:
-        return list(range(os.cpu_count() or 1))
-    cpus: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        cpus.extend(range(int(low), int(high or low) + 1))
-    return cpus
 
 
 def cpu_table(cpu_samples, hz: int, seconds: float, cpus: list[int] | None = None):
@@ -77,8 +61,6 @@ def folded_stacks(samples):
     """
     import pandas as pd
 
-    from .. import plots
-
     if samples is None or not len(samples):
         return pd.DataFrame(columns=["stack", "samples"])
     return plots.folded(samples).rename(columns={"count": "samples"})
@@ -86,8 +68,6 @@ def folded_stacks(samples):
 
 def folded_text(folded) -> str:
     """Folded stacks as flamegraph.pl, speedscope and inferno read them: ``stack count``."""
-    from .. import plots
-
     return plots.folded_text(folded)
 
 
@@ -118,63 +98,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folded", metavar="FILE", help="write every folded stack to FILE")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def sample(hz: int, duration: float | None, run: str | None):
-    """Sample; return (TraceResult, workload still running when its stacks were read)."""
+    """Sample; return (TraceResult, workload still running when its stacks were read).
+
+    ``Session.run`` keeps the workload alive until the stacks are read (user-space
+    addresses become names through its memory map), then stops its process group.
+    """
     if not 1 <= hz <= 100_000:
         raise BadArguments(f"-F {hz}: the frequency must be between 1 and 100000 Hz")
-    limit = duration if duration is not None else (WORKLOAD_LIMIT if run else 5.0)
-    if not 0 < limit <= MAX_DURATION:
-        raise BadArguments(f"duration must be between 0 and {MAX_DURATION:.0f} seconds")
+    check_duration(duration)
     session = Session(
         tools.bpf_source(PROGRAM),
         perf=f"cpu-clock:{hz}",
-        on_warning=lambda text: print(f"warning: {text}", file=sys.stderr),
-        on_note=lambda text: print(f"note: {text}", file=sys.stderr),
+        on_warning=tools.print_warning,
+        on_note=tools.print_note,
     )
-    proc = None
     with session:
-        # The workload is ours, not the session's: it must outlive collect(), where
-        # its user stacks are turned into names through /proc/PID/maps.
-        start = time.monotonic()
-        try:
-            if run:
-                proc = subprocess.Popen(
-                    ["/bin/sh", "-c", run], stdin=subprocess.DEVNULL, start_new_session=True
-                )
-            stopped_by = "duration"
-            try:
-                while time.monotonic() - start < limit:
-                    if proc is not None and proc.poll() is not None:
-                        stopped_by = "workload exit"
-                        break
-                    time.sleep(min(0.05, max(0.0, limit - (time.monotonic() - start))))
-            except KeyboardInterrupt:
-                stopped_by = "interrupt"
-            session.detach()
-            elapsed = time.monotonic() - start
-            alive = proc is not None and proc.poll() is None
-            result = session.collect()
-        finally:
-            if proc is not None:
-                _stop(proc)
-    result.duration = elapsed
-    result.stopped_by = stopped_by
-    if proc is not None:
-        result.exit_code = proc.returncode
-    return result, alive
+        result = session.run(duration=duration, workload=run)
+    return result, _was_running(result)
+
+
+def _was_running(result) -> bool:
+    """Whether the workload was still there when sampling ended: it did not end the trace,
+    and its end came from the signal that stopped it, not from an exit of its own."""
+    if result.exit_code is None or result.stopped_by == "workload exit":
+        return False
+    return -result.exit_code in (signal.SIGTERM, signal.SIGKILL)
 
 
 def _workload_line(result, alive: bool) -> str:
@@ -217,12 +166,13 @@ def report(result, hz: int, top: int, alive: bool = False) -> str:
 
 def main(args: argparse.Namespace) -> int:
     result, alive = sample(args.frequency, args.duration, args.run)
+    if result.output:  # what the workload wrote, then the report
+        print(result.output, end="" if result.output.endswith("\n") else "\n")
     print(report(result, args.frequency, args.top, alive))
     if args.run and not alive:
-        print(
-            "note: the workload had exited before its stacks were read, so its user-space "
-            "frames show as [unknown]; give -d shorter than its run time to see them",
-            file=sys.stderr,
+        tools.print_note(
+            "the workload had exited before its stacks were read, so its user-space "
+            "frames show as [unknown]; give -d shorter than its run time to see them"
         )
     if args.folded:
         with open(args.folded, "w") as f:
