@@ -12,6 +12,13 @@ This module reads that blob (the raw format of the kernel's
     btf.member_offset("task_struct", "se.vruntime")   # follows embedded structs
     btf.find_struct("task_struct").members            # [Member(name, offset_bits, ...)]
 
+Writing C declarations needs the type graph itself; it is public too, by type id::
+
+    tid = btf.record_id("task_struct")                # the struct (else union) of that name
+    btf.kind(tid) == Kind.STRUCT; btf.size(tid)       # its kind and size in bytes
+    btf.flat_members(tid)                             # members as C sees them, with type ids
+    btf.resolve(m.type_id)                            # through typedefs and qualifiers
+
 Only base BTF is read; split BTF (kernel modules, ``/sys/kernel/btf/<module>``)
 numbers its types after vmlinux's and is not supported.
 """
@@ -19,6 +26,7 @@ numbers its types after vmlinux's and is not supported.
 from __future__ import annotations
 
 import difflib
+import enum
 import functools
 import struct
 import sys
@@ -26,7 +34,7 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["Btf", "BtfLookupError", "Member", "StructInfo", "VMLINUX"]
+__all__ = ["POINTER_SIZE", "VMLINUX", "Btf", "BtfLookupError", "Kind", "Member", "StructInfo"]
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 
@@ -35,10 +43,40 @@ _MAGIC = 0xEB9F
 # An array typecode of exactly 4 bytes ("I" on every usual platform).
 _U32 = next(code for code in "IL" if array(code).itemsize == 4)
 
-# Kinds, as numbered in include/uapi/linux/btf.h.
-_INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
-_VOLATILE, _CONST, _RESTRICT, _FUNC, _FUNC_PROTO, _VAR = 9, 10, 11, 12, 13, 14
-_DATASEC, _FLOAT, _DECL_TAG, _TYPE_TAG, _ENUM64 = 15, 16, 17, 18, 19
+# A pointer's size: BTF records none, and every kernel BPF runs on is 64-bit.
+POINTER_SIZE = 8
+
+
+class Kind(enum.IntEnum):
+    """BTF kinds, as numbered in include/uapi/linux/btf.h. ``Btf.kind`` returns
+    these numbers as plain ints (a kind newer than this list stays a number)."""
+
+    VOID = 0
+    INT = 1
+    PTR = 2
+    ARRAY = 3
+    STRUCT = 4
+    UNION = 5
+    ENUM = 6
+    FWD = 7
+    TYPEDEF = 8
+    VOLATILE = 9
+    CONST = 10
+    RESTRICT = 11
+    FUNC = 12
+    FUNC_PROTO = 13
+    VAR = 14
+    DATASEC = 15
+    FLOAT = 16
+    DECL_TAG = 17
+    TYPE_TAG = 18
+    ENUM64 = 19
+
+
+# The same numbers as plain ints, for the parser's inner loops.
+_VOID, _INT, _PTR, _ARRAY, _STRUCT, _UNION = 0, 1, 2, 3, 4, 5
+_ENUM, _FWD, _TYPEDEF, _VOLATILE, _CONST, _RESTRICT = 6, 7, 8, 9, 10, 11
+_FUNC, _FUNC_PROTO, _FLOAT, _TYPE_TAG, _ENUM64 = 12, 13, 16, 18, 19
 
 # What follows each 12-byte type record, in 4-byte words: a fixed part, plus a
 # part per vlen item. The type section can only be walked record by record, so
@@ -48,7 +86,12 @@ _VLEN_WORDS = (0, 0, 0, 0, 3, 3, 2, 0, 0, 0, 0, 0, 0, 2, 0, 3, 0, 0, 0, 3)
 
 # Modifiers that do not change a type's layout: followed to reach a struct.
 _TRANSPARENT = frozenset({_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG})
+# Modifiers that change neither layout nor name: followed to reach a typedef.
+_UNQUALIFIED = frozenset({_VOLATILE, _CONST, _RESTRICT, _TYPE_TAG})
 _QUALIFIERS = {_CONST: "const", _VOLATILE: "volatile", _RESTRICT: "restrict"}
+_RECORDS = (_STRUCT, _UNION)
+# Kinds whose record holds their size in bytes.
+_SIZED = frozenset({_INT, _ENUM, _ENUM64, _STRUCT, _UNION, _FLOAT})
 
 
 class BtfLookupError(KeyError):
@@ -65,12 +108,14 @@ class Member:
 
     An anonymous struct or union member has the name ``""``.
     ``bitfield_size`` is 0 for an ordinary (non-bitfield) member.
+    ``type_id`` is the member's type, for the type-graph queries of ``Btf``.
     """
 
     name: str
     offset_bits: int
     bitfield_size: int
     type_name: str
+    type_id: int = 0
 
     @property
     def offset(self) -> int:
@@ -176,12 +221,7 @@ class Btf:
         tid = self._index(kind).get(name)
         if tid is None:
             return None
-        i = self._starts[tid]
-        members = [
-            Member(mname, bits, bf, self.type_name(mtype))
-            for mname, mtype, bits, bf in self._members(tid)
-        ]
-        return StructInfo(name=name, size=self._words[i + 2], members=members, kind=kind)
+        return StructInfo(name=name, size=self.size(tid), members=self.members(tid), kind=kind)
 
     def member_offset(self, struct_name: str, path: str) -> int:
         """Byte offset of ``path`` (e.g. ``"pid"``, ``"se.vruntime"``) in a struct.
@@ -193,7 +233,7 @@ class Btf:
         Raises BtfLookupError (a KeyError) if the struct or a member is absent,
         naming close matches; ValueError for a bitfield, which has no byte offset.
         """
-        tid = self._structs.get(struct_name) or self._unions.get(struct_name)
+        tid = self.record_id(struct_name)
         if tid is None:
             close = difflib.get_close_matches(
                 struct_name, list(self._structs) + list(self._unions), n=5
@@ -209,8 +249,8 @@ class Btf:
             if n:
                 # Step into the previous member's type: it must be a struct/union.
                 tid = self._strip(tid)
-                kind = self._kind(tid)
-                if kind not in (_STRUCT, _UNION):
+                kind = self.kind(tid)
+                if kind not in _RECORDS:
                     # A pointer leads to another object: its offset means nothing here.
                     why = " (a pointer, which is not followed)" if kind == _PTR else ""
                     raise BtfLookupError(
@@ -235,6 +275,91 @@ class Btf:
         """A readable C-like name for a type id: ``pid_t``, ``struct task_struct *``."""
         return self._type_name(tid, 0)
 
+    # -- the type graph, by type id (0 is void) ---------------------------
+
+    def record_id(self, name: str) -> int | None:
+        """The type id of the struct named ``name``, else of the union; None if neither."""
+        tid = self._structs.get(name)
+        return tid if tid is not None else self._unions.get(name)
+
+    def kind(self, tid: int) -> int:
+        """The type's kind: a ``Kind`` number (``Kind.VOID`` for id 0)."""
+        if tid == 0:
+            return _VOID
+        return (self._words[self._starts[tid] + 1] >> 24) & 0x1F
+
+    def name(self, tid: int) -> str:
+        """The type's own name (a struct's tag, a typedef's name); "" if anonymous."""
+        off = self._words[self._starts[tid]] if tid else 0
+        return self._str(off) if off else ""
+
+    def referenced(self, tid: int) -> int:
+        """The type a pointer, typedef or qualifier refers to."""
+        if self.kind(tid) not in _TRANSPARENT and self.kind(tid) != _PTR:
+            raise ValueError(f"BTF type {tid} ({self.type_name(tid)}) refers to no other type")
+        return self._words[self._starts[tid] + 2]
+
+    def resolve(self, tid: int) -> int:
+        """Through typedefs and qualifiers to the type that gives the layout."""
+        return self._strip(tid)
+
+    def unqualified(self, tid: int) -> int:
+        """Through const, volatile, restrict and type tags (not typedefs)."""
+        for _ in range(64):  # a bound, in case of a malformed cycle
+            if self.kind(tid) not in _UNQUALIFIED:
+                return tid
+            tid = self._words[self._starts[tid] + 2]
+        raise ValueError(f"BTF type {tid}: modifier chain too long")
+
+    def size(self, tid: int) -> int:
+        """Size in bytes (through typedefs, arrays; ``POINTER_SIZE`` for a pointer);
+        0 for void and functions."""
+        tid = self._strip(tid)
+        kind = self.kind(tid)
+        if kind == _PTR:
+            return POINTER_SIZE
+        if kind == _ARRAY:
+            elem, n = self.array(tid)
+            return self.size(elem) * n
+        if kind in _SIZED:
+            return self._words[self._starts[tid] + 2]
+        return 0
+
+    def array(self, tid: int) -> tuple[int, int]:
+        """(element type id, number of elements) of an array type."""
+        if self.kind(tid) != _ARRAY:
+            raise ValueError(f"BTF type {tid} ({self.type_name(tid)}) is not an array")
+        i = self._starts[tid]
+        return self._words[i + 3], self._words[i + 5]
+
+    def is_signed(self, tid: int) -> bool:
+        """Whether an integer or enum type is signed."""
+        tid = self._strip(tid)
+        kind = self.kind(tid)
+        i = self._starts[tid]
+        if kind == _INT:
+            return bool(self._words[i + 3] >> 24 & 1)  # BTF_INT_SIGNED
+        if kind in (_ENUM, _ENUM64):
+            return bool(self._words[i + 1] >> 31)  # kind_flag
+        raise ValueError(f"BTF type {tid} ({self.type_name(tid)}) is not an integer or enum")
+
+    def members(self, tid: int) -> list[Member]:
+        """The direct members of a struct or union, in order (anonymous ones named "")."""
+        self._require_record(tid)
+        return [
+            Member(mname, bits, bf, self.type_name(mtype), mtype)
+            for mname, mtype, bits, bf in self._members(tid)
+        ]
+
+    def flat_members(self, tid: int) -> list[Member]:
+        """The named members of a struct or union as C sees them: those of anonymous
+        struct and union members lifted up, with offsets from the start of ``tid``."""
+        self._require_record(tid)
+        return [
+            Member(mname, bits, bf, self.type_name(mtype), mtype)
+            for mname, mtype, bits, bf in self._flat_members(tid, 0)
+        ]
+
     # -- internals ------------------------------------------------------
 
     def _index(self, kind: str) -> dict[str, int]:
@@ -248,15 +373,14 @@ class Btf:
         end = self._strs.find(b"\0", off)
         return self._strs[off : end if end >= 0 else None].decode("utf-8", "replace")
 
-    def _kind(self, tid: int) -> int:
-        if tid == 0:
-            return 0
-        return (self._words[self._starts[tid] + 1] >> 24) & 0x1F
+    def _require_record(self, tid: int) -> None:
+        if self.kind(tid) not in _RECORDS:
+            raise ValueError(f"BTF type {tid} ({self.type_name(tid)}) is not a struct or union")
 
     def _strip(self, tid: int) -> int:
         """Follow typedefs and qualifiers to the type that gives the layout."""
         for _ in range(64):  # a bound, in case of a malformed cycle
-            if self._kind(tid) not in _TRANSPARENT:
+            if self.kind(tid) not in _TRANSPARENT:
                 return tid
             tid = self._words[self._starts[tid] + 2]
         raise ValueError(f"BTF type {tid}: modifier chain too long")
@@ -275,7 +399,7 @@ class Btf:
                 bits, bitfield = offset, 0
                 # Without kind_flag, old encoders put a bitfield's width and
                 # extra offset in the member's INT type itself.
-                if mtype and self._kind(mtype) == _INT:
+                if mtype and self.kind(mtype) == _INT:
                     k = self._starts[mtype]
                     enc = w[k + 3]
                     nr_bits, int_off = enc & 0xFF, (enc >> 16) & 0xFF
@@ -291,23 +415,25 @@ class Btf:
                 return bits, mtype, bitfield
             if not mname:
                 inner = self._strip(mtype)
-                if self._kind(inner) in (_STRUCT, _UNION):
+                if self.kind(inner) in _RECORDS:
                     found = self._find_member(inner, name)
                     if found is not None:
                         return bits + found[0], found[1], found[2]
         return None
 
-    def _member_names(self, tid: int) -> list[str]:
-        """Every name reachable as a direct member, anonymous members flattened."""
-        names: list[str] = []
-        for mname, mtype, _bits, _bf in self._members(tid):
+    def _flat_members(self, tid: int, base: int) -> Iterator[tuple[str, int, int, int]]:
+        """``_members``, with anonymous records' members lifted up, offsets from ``base``."""
+        for mname, mtype, bits, bitfield in self._members(tid):
             if mname:
-                names.append(mname)
+                yield mname, mtype, base + bits, bitfield
             else:
                 inner = self._strip(mtype)
-                if self._kind(inner) in (_STRUCT, _UNION):
-                    names.extend(self._member_names(inner))
-        return names
+                if self.kind(inner) in _RECORDS:
+                    yield from self._flat_members(inner, base + bits)
+
+    def _member_names(self, tid: int) -> list[str]:
+        """Every name reachable as a direct member, anonymous members flattened."""
+        return [mname for mname, _t, _b, _bf in self._flat_members(tid, 0)]
 
     def _type_name(self, tid: int, depth: int) -> str:
         if tid == 0:
@@ -329,7 +455,7 @@ class Btf:
             return f"{tag} {name or '(anon)'}"
         if kind == _PTR:
             target = self._strip(ref)
-            if self._kind(target) == _FUNC_PROTO:
+            if self.kind(target) == _FUNC_PROTO:
                 ret, params = self._proto_parts(target, depth)
                 return f"{ret} (*)({params})"
             return self._type_name(ref, depth + 1) + " *"
@@ -340,12 +466,12 @@ class Btf:
                 elem, nelems = w[i + 3], w[i + 5]
                 dims += f"[{nelems}]"
                 tid = elem
-                kind = self._kind(tid)
+                kind = self.kind(tid)
                 i = self._starts[tid]
             return self._type_name(tid, depth + 1) + dims
         if kind in _QUALIFIERS:
             inner = self._type_name(ref, depth + 1)
-            if self._kind(ref) == _PTR:
+            if self.kind(ref) == _PTR:
                 return f"{inner} {_QUALIFIERS[kind]}"  # char * const
             return f"{_QUALIFIERS[kind]} {inner}"
         if kind == _TYPE_TAG:

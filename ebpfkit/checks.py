@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from . import probes
 from ._bcc import INSTALL_HINT, find_bcc
 from ._stderr import capture_stderr
+from .layout import header_layout
+from .layout import test_run as test_run  # its home is layout.py; kept here by name
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 
@@ -206,11 +208,6 @@ int on_ring(void *args) {
 _HW_C = "int on_hw(struct bpf_perf_event_data *ctx) { return 0; }"
 
 _KFUNC_C = "KFUNC_PROBE(vfs_read) { return 0; }"
-
-_OFFSETS_C = "#include <linux/sched.h>\n" + "\n".join(
-    f"int off_{f}(struct __sk_buff *skb) {{ return offsetof(struct task_struct, {f}); }}"
-    for f in LAYOUT_FIELDS
-)
 
 
 def _first_line(text: str) -> str:
@@ -458,37 +455,16 @@ class _Trials:
 
 
 def header_offsets(bcc, fields=LAYOUT_FIELDS) -> dict[str, int]:
-    """Where the kernel headers BCC compiles against put each task_struct field.
+    """Where the kernel headers BCC compiles against put each task_struct field,
+    as the code clang generates reads it (measured by ``layout.header_layout``).
 
-    Each offset is a compile-time constant returned by a tiny socket-filter
-    program, which the kernel runs once through BPF_PROG_TEST_RUN.
+    Raises RuntimeError, saying why, when the headers' program does not compile or run.
     """
-    with capture_stderr():
-        b = bcc.BPF(text=_OFFSETS_C, cflags=["-w"])
-    try:
-        out = {}
-        for f in fields:
-            fn = b.load_func(f"off_{f}", bcc.BPF.SOCKET_FILTER)
-            out[f] = test_run(fn.fd)
-        return out
-    finally:
-        b.cleanup()
-
-
-def test_run(prog_fd: int) -> int:
-    """Run a loaded socket-filter program once on a dummy packet; its return value."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    packet = (ctypes.c_uint8 * 64)()
-    attr = (ctypes.c_uint32 * 20)()
-    attr[0] = prog_fd
-    attr[2] = ctypes.sizeof(packet)  # data_size_in
-    addr = ctypes.addressof(packet)
-    attr[4], attr[5] = addr & 0xFFFFFFFF, addr >> 32  # data_in (u64)
-    attr[8] = 1  # repeat
-    nr_bpf = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
-    if libc.syscall(nr_bpf, 10, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:  # BPF_PROG_TEST_RUN
-        raise OSError(ctypes.get_errno(), "BPF_PROG_TEST_RUN failed")
-    return int(attr[1])  # retval
+    query = tuple(("struct", "task_struct", f) for f in fields)
+    measured = header_layout("#include <linux/sched.h>", query, bcc)
+    if measured.values is None:
+        raise RuntimeError(measured.error or "the headers' layout could not be measured")
+    return {f: measured.values[("task_struct", f)] for f in fields}
 
 
 def btf_offsets(fields=LAYOUT_FIELDS) -> dict[str, int]:
@@ -538,9 +514,37 @@ def _layout(bcc, report: Report, kind: str) -> None:
 
 def run_checks(probes_too: bool = True) -> Report:
     report = Report()
-    release = platform.release()
-    report.add("kernel", INFO, f"{platform.system()} {release} ({platform.machine()})")
+    report.add("kernel", INFO, f"{platform.system()} {platform.release()} ({platform.machine()})")
+    btf = _btf_row(report)
+    allowed = _privilege_rows(report)
+    bcc = _bcc_row(report)
+    kind = _headers_row(report)
+    _tracing_rows(report)
+    if probes_too and bcc is not None and allowed and kind != "none":
+        _Trials(bcc, report).run()
+        if kind in ("nearest", "env", "exact", "kheaders") and btf:
+            _layout(bcc, report, kind)
+    elif probes_too:
+        report.add(
+            "probe types",
+            FAIL,
+            "not tried: " + ("not privileged" if not allowed else "BCC or headers missing"),
+            "fix the rows above, then run `ebpfkit check` again",
+            required=True,
+        )
+    return report
 
+
+def privileged(caps: set[int] | None = None) -> bool:
+    """Whether this process may load tracing programs: root, or CAP_SYS_ADMIN, or
+    CAP_BPF with CAP_PERFMON (``caps``: the effective capabilities, read if None)."""
+    if os.geteuid() == 0:
+        return True
+    caps = capabilities() if caps is None else caps
+    return CAP_SYS_ADMIN in caps or {CAP_BPF, CAP_PERFMON} <= caps
+
+
+def _btf_row(report: Report) -> bool:
     btf = os.path.exists(BTF_PATH)
     report.add(
         "BTF",
@@ -550,7 +554,11 @@ def run_checks(probes_too: bool = True) -> Report:
         else f"{BTF_PATH} missing",
         "a kernel built with CONFIG_DEBUG_INFO_BTF=y",
     )
+    return btf
 
+
+def _privilege_rows(report: Report) -> bool:
+    """The privileges and bpf() syscall rows; whether this process is privileged."""
     root = os.geteuid() == 0
     caps = capabilities()
     have = [
@@ -562,17 +570,16 @@ def run_checks(probes_too: bool = True) -> Report:
         )
         if b in caps
     ]
-    privileged = root or CAP_SYS_ADMIN in caps or {CAP_BPF, CAP_PERFMON} <= caps
+    allowed = privileged(caps)
     report.add(
         "privileges",
-        OK if privileged else FAIL,
+        OK if allowed else FAIL,
         ("running as root; " if root else f"running as uid {os.geteuid()}; ")
         + ("capabilities: " + ", ".join(have) if have else "no eBPF capabilities"),
         "run as root (sudo), or use the root Jupyter kernel; loading tracing programs needs "
         "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
         required=True,
     )
-
     ok, detail = bpf_syscall_reachable()
     report.add(
         "bpf() syscall",
@@ -581,14 +588,22 @@ def run_checks(probes_too: bool = True) -> Report:
         "run as root; check kernel.unprivileged_bpf_disabled and seccomp/container limits",
         required=True,
     )
+    return allowed
 
+
+def _bcc_row(report: Report):
+    """The BCC row; BCC's module, or None."""
     bcc = find_bcc()
     if bcc is None:
         report.add("BCC", FAIL, "BCC's Python module is not installed", INSTALL_HINT, required=True)
     else:
         version = getattr(bcc, "__version__", "?")
         report.add("BCC", OK, f"version {version} from {os.path.dirname(bcc.__file__)}")
+    return bcc
 
+
+def _headers_row(report: Report) -> str:
+    """The kernel headers row; the kind of headers (see ``headers_source``)."""
     kind, _, detail = headers_source()
     status = {"exact": OK, "env": OK, "kheaders": OK, "nearest": WARN, "none": FAIL}[kind]
     report.add(
@@ -596,10 +611,14 @@ def run_checks(probes_too: bool = True) -> Report:
         status,
         detail,
         "`make test` installs the nearest distribution headers; the exact package "
-        f"linux-headers-{release} is best where it exists",
+        f"linux-headers-{platform.release()} is best where it exists",
         required=True,
     )
+    return kind
 
+
+def _tracing_rows(report: Report) -> None:
+    """The tracefs row, and CONFIG_KPROBES where the kernel's config says."""
     tracefs = probes.tracefs()
     # ismount, not exists: a non-root user cannot look inside, but can see the mount.
     debug = os.path.ismount("/sys/kernel/debug")
@@ -612,24 +631,9 @@ def run_checks(probes_too: bool = True) -> Report:
         "mount -t debugfs nodev /sys/kernel/debug (BCC reads /sys/kernel/debug/tracing)",
         required=True,
     )
-
     kprobes_config = kernel_config("CONFIG_KPROBES")
     if kprobes_config is not None:
         report.add("CONFIG_KPROBES", INFO, f"{kprobes_config} (from the kernel's config)")
-
-    if probes_too and bcc is not None and privileged and kind != "none":
-        _Trials(bcc, report).run()
-        if kind in ("nearest", "env", "exact", "kheaders") and btf:
-            _layout(bcc, report, kind)
-    elif probes_too:
-        report.add(
-            "probe types",
-            FAIL,
-            "not tried: " + ("not privileged" if not privileged else "BCC or headers missing"),
-            "fix the rows above, then run `ebpfkit check` again",
-            required=True,
-        )
-    return report
 
 
 def check(probes_too: bool = True):

@@ -26,9 +26,18 @@ reached with ``.`` get exact definitions of their own. The static asserts make
 clang check every offset and size against BTF: a wrong layout fails to compile
 instead of reading garbage.
 
-Only what needs it is replaced: the headers' own layout is measured first (one
-compile of the program's #include lines, run once) and a struct whose members
-already sit where BTF says keeps the headers' definition.
+Only what needs it is replaced: the headers' own layout is measured first
+(``layout.header_layout``: one compile of the program's #include lines, run
+once) and a struct whose members already sit where BTF says keeps the headers'
+definition.
+
+:func:`build_prelude` returns a :class:`Prelude`: the C text, the notes for the
+user, and what it replaced (each struct with its BTF size and members, and how
+the headers differ), so nobody needs to read the text back::
+
+    prelude = build_prelude(program.INCLUDES + source)
+    src.use_layout(prelude)                     # program.Source: text in front
+    prelude.corrected                           # {"task_struct", ...}
 
 Not covered: bitfields (a struct whose named member is a bitfield keeps the
 headers' layout, with a note); members spelled through the headers' own macros
@@ -39,25 +48,65 @@ without their names or members appearing in the source.
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 
-from .btf import Btf
-from .layout import _ABI_STRUCTS
+from .btf import Btf, Kind
+from .layout import ABI_STRUCTS, records_layout
 
-__all__ = ["corrected_structs", "exact_prelude", "hoisted_directives"]
+__all__ = [
+    "Prelude",
+    "Replaced",
+    "build_prelude",
+    "corrected_structs",
+    "exact_prelude",
+    "hoisted_directives",
+]
 
 HEADER_PREFIX = "__ebpfkit_hdr_"
 
-# BTF kinds used here (include/uapi/linux/btf.h).
-_INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
-_VOLATILE, _CONST, _RESTRICT, _FLOAT, _TYPE_TAG, _ENUM64 = 9, 10, 11, 16, 18, 19
-_QUALIFIERS = {_VOLATILE, _CONST, _RESTRICT, _TYPE_TAG}
-_RECORDS = {_STRUCT: "struct", _UNION: "union"}
-_POINTER_SIZE = 8  # every 64-bit kernel BPF runs on
-
+_RECORDS = {Kind.STRUCT: "struct", Kind.UNION: "union"}
 _INT_OF_SIZE = {1: "char", 2: "short", 4: "int", 8: "long long"}
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """A kernel struct or union whose headers' definition the prelude replaced."""
+
+    kind: str  # "struct" or "union"
+    tag: str
+    size: int  # bytes, in the running kernel
+    members: tuple[tuple[str, int], ...]  # (name, BTF offset) the program reads, by offset
+    # (member or "(size)", headers' offset, kernel's) where they differ; () if only
+    # because it leads to a replaced record; None if the headers lack it (or a member).
+    headers: tuple[tuple[str, int, int], ...] | None
+
+
+@dataclass(frozen=True)
+class Prelude:
+    """C text to put before everything else in a program, and what it stands for.
+
+    ``text`` redefines kernel structs from BTF ("" when nothing needs it);
+    ``replaced`` are those structs; ``notes`` tell the user what was corrected,
+    and what could not be. A false Prelude has no text (it may still have notes).
+    """
+
+    text: str = ""
+    notes: tuple[str, ...] = ()
+    replaced: tuple[Replaced, ...] = ()
+
+    @property
+    def corrected(self) -> frozenset[str]:
+        """Tags whose headers' definitions were replaced (their layout warning is moot)."""
+        return frozenset(r.tag for r in self.replaced)
+
+    @property
+    def lines(self) -> int:
+        """Lines the text puts in front of the program."""
+        return self.text.count("\n")
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
 
 
 @dataclass
@@ -82,84 +131,38 @@ class _Record:
     by_value: set[str] = field(default_factory=set)  # records embedded in a named member
     pointed: set[str] = field(default_factory=set)  # records a named member points to
 
+    def members(self) -> list[tuple[str, int]]:
+        """(name, offset) of each member read, by offset; at one offset (a union's
+        members), in the order the kernel declares them."""
+        unique = dict.fromkeys((f.name, f.offset) for f in self.fields)
+        return sorted(unique, key=lambda member: member[1])
 
-class _Types:
-    """Type-id level access to a Btf.
 
-    ``Btf``'s public API speaks in names and offsets; writing C declarations
-    needs the type graph itself, so this reaches into its parsed arrays.
-    """
+def _flat_fields(btf: Btf, tid: int) -> list[_Field]:
+    """Members of a record, with those of anonymous members lifted up, as C sees them."""
+    return [
+        _Field(
+            m.name, m.offset_bits // 8, m.type_id, bool(m.bitfield_size) or m.offset_bits % 8 != 0
+        )
+        for m in btf.flat_members(tid)
+    ]
 
-    def __init__(self, btf: Btf) -> None:
-        self.btf = btf
-        self.w = btf._words
-        self.starts = btf._starts
 
-    def kind(self, tid: int) -> int:
-        return self.btf._kind(tid)
-
-    def ref(self, tid: int) -> int:
-        return self.w[self.starts[tid] + 2]
-
-    def name(self, tid: int) -> str:
-        off = self.w[self.starts[tid]] if tid else 0
-        return self.btf._str(off) if off else ""
-
-    def unqualified(self, tid: int) -> int:
-        while self.kind(tid) in _QUALIFIERS:
-            tid = self.ref(tid)
-        return tid
-
-    def resolved(self, tid: int) -> int:
-        """Through typedefs and qualifiers to the type that gives the layout."""
-        return self.btf._strip(tid)
-
-    def lookup(self, tag: str) -> int | None:
-        return self.btf._structs.get(tag) or self.btf._unions.get(tag)
-
-    def array(self, tid: int) -> tuple[int, int]:
-        i = self.starts[tid]
-        return self.w[i + 3], self.w[i + 5]
-
-    def size(self, tid: int) -> int:
-        tid = self.resolved(tid)
-        k = self.kind(tid)
-        if k == _PTR:
-            return _POINTER_SIZE
-        if k == _ARRAY:
-            elem, n = self.array(tid)
-            return self.size(elem) * n
-        if k in (_INT, _ENUM, _ENUM64, _STRUCT, _UNION, _FLOAT):
-            return self.ref(tid)  # the size word
-        return 0
-
-    def flat_fields(self, tid: int, base: int = 0) -> list[_Field]:
-        """Members of a record, with those of anonymous members lifted up, as C sees them."""
-        out = []
-        for name, mtid, bits, bitfield in self.btf._members(tid):
-            inner = self.resolved(mtid)
-            if not name and self.kind(inner) in _RECORDS:
-                out += self.flat_fields(inner, base + bits // 8)
-            elif name:
-                odd = bool(bitfield) or bits % 8 != 0
-                out.append(_Field(name, base + bits // 8, mtid, odd))
-        return out
-
-    def record_target(self, tid: int) -> tuple[int, bool]:
-        """(record type id or 0, reached by value?) at the end of arrays and pointers."""
-        by_value = True
-        for _ in range(16):
-            tid = self.resolved(tid)
-            k = self.kind(tid)
-            if k == _ARRAY:
-                tid = self.array(tid)[0]
-            elif k == _PTR:
-                tid, by_value = self.ref(tid), False
-            elif k in _RECORDS:
-                return tid, by_value
-            else:
-                return 0, by_value
-        return 0, by_value
+def _record_target(btf: Btf, tid: int) -> tuple[int, bool]:
+    """(record type id or 0, reached by value?) at the end of arrays and pointers."""
+    by_value = True
+    for _ in range(16):
+        tid = btf.resolve(tid)
+        k = btf.kind(tid)
+        if k == Kind.ARRAY:
+            tid = btf.array(tid)[0]
+        elif k == Kind.PTR:
+            tid, by_value = btf.referenced(tid), False
+        elif k in _RECORDS:
+            return tid, by_value
+        else:
+            return 0, by_value
+    return 0, by_value
 
 
 # ------------------------------------------------------------------ the source
@@ -195,7 +198,7 @@ def _records(code: str) -> tuple[set[str], set[str]]:
     defined = set(re.findall(r"\b(?:struct|union)\s+([A-Za-z_]\w*)\s*\{", code))
     kernel = {
         tag
-        for tag in named - defined - _ABI_STRUCTS
+        for tag in named - defined - ABI_STRUCTS
         if not tag.startswith(("bpf_", "tracepoint__", "__ebpfkit"))
     }
     return kernel, defined
@@ -227,7 +230,7 @@ def hoisted_directives(code: str) -> str:
 # ------------------------------------------------------------------ what to rewrite
 
 
-def _plan(types: _Types, roots: set[str], names: set[str], exclude: set[str]) -> dict[str, _Record]:
+def _plan(btf: Btf, roots: set[str], names: set[str], exclude: set[str]) -> dict[str, _Record]:
     """The records the program reads members of, found by following named members.
 
     We cannot type-check C here, so a name counts as used in every record that
@@ -241,16 +244,16 @@ def _plan(types: _Types, roots: set[str], names: set[str], exclude: set[str]) ->
         tag, needed = todo.pop()
         if tag in plan or tag in exclude:
             continue
-        tid = types.lookup(tag)
+        tid = btf.record_id(tag)
         if tid is None:
             continue
-        fields = [f for f in types.flat_fields(tid) if f.name in names]
+        fields = [f for f in _flat_fields(btf, tid) if f.name in names]
         if not fields and not needed:
             continue  # named, or pointed to, but no member of it is read
-        rec = _Record(tag, _RECORDS[types.kind(tid)], tid, types.size(tid), fields)
+        rec = _Record(tag, _RECORDS[btf.kind(tid)], tid, btf.size(tid), fields)
         for f in fields:
-            for target, by_value in _record_targets(types, f.tid, names):
-                target_tag = types.name(target)
+            for target, by_value in _record_targets(btf, f.tid, names):
+                target_tag = btf.name(target)
                 (rec.by_value if by_value else rec.pointed).add(target_tag)
                 # An embedded record must be laid out exactly even if the
                 # program reads nothing inside it: its size places what follows.
@@ -259,105 +262,39 @@ def _plan(types: _Types, roots: set[str], names: set[str], exclude: set[str]) ->
     return plan
 
 
-def _record_targets(types: _Types, tid: int, names: set[str]) -> list[tuple[int, bool]]:
+def _record_targets(btf: Btf, tid: int, names: set[str]) -> list[tuple[int, bool]]:
     """Named records a member's type leads to, through anonymous records it embeds."""
-    target, by_value = types.record_target(tid)
+    target, by_value = _record_target(btf, tid)
     if not target:
         return []
-    if types.name(target):
+    if btf.name(target):
         return [(target, by_value)]
     if not by_value:
         return []  # a pointer to an anonymous record: written as void *
     out = []
-    for f in types.flat_fields(target):
+    for f in _flat_fields(btf, target):
         if f.name in names:
-            out += _record_targets(types, f.tid, names)
+            out += _record_targets(btf, f.tid, names)
     return out
 
 
 # ------------------------------------------------------------------ the headers' layout
 
+# Per record: [(member or "(size)", headers, kernel)] where they differ, or None
+# when the headers cannot say (they lack the record or a member).
+_Differences = dict[str, "list[tuple[str, int, int]] | None"]
 
-def _header_query(plan: dict[str, _Record]) -> list[tuple[str, str, str | None]]:
-    """(kind, tag, member or None for sizeof) for every record and member used.
-    Bitfields are left out: offsetof cannot take them."""
-    return [
+
+def _header_differences(directives: str, plan: dict[str, _Record]) -> _Differences:
+    """How the headers' layout (measured by ``layout.header_layout``) differs from BTF.
+    Bitfields are left out of the measure: no address can be taken of them."""
+    query = [
         (rec.kind, tag, name)
         for tag, rec in sorted(plan.items())
         for name in [None, *sorted({f.name for f in rec.fields if not f.bitfield})]
     ]
-
-
-_Query = tuple[tuple[str, str, "str | None"], ...]
-_Layout = dict[tuple[str, "str | None"], int]
-
-
-@functools.lru_cache(maxsize=64)
-def _header_layout(directives: str, query: _Query) -> tuple[_Layout | None, frozenset[int]]:
-    """Sizes and member offsets of records, as the code clang generates for the
-    headers (``directives``) uses them, read back by running it once.
-
-    Returns (values, set()) or, if it does not compile, (None, the queries clang
-    rejected: records or members the headers lack). Each query sits on its own
-    line, so clang's line numbers say which.
-    """
-    from . import _bcc
-    from ._stderr import capture_stderr
-    from .checks import test_run
-
-    # Offsets as the generated code uses them, not as offsetof folds them: BCC
-    # builds LLVM IR for the host (x86_64) and emits BPF with BPF's data layout,
-    # which aligns integers wider than 64 bits (bitfield storage, __int128) to 16
-    # bytes. Then clang's offsetof (from its AST) and the real reads disagree;
-    # that is the 16-byte error seen with bpftool's vmlinux.h (its `long: 64;`
-    # padding). An address computed from a pointer clang cannot fold goes
-    # through the IR, like the program's own reads.
-    lines = [
-        directives,
-        f"BPF_ARRAY(__ebpfkit_layout, u64, {len(query)});",
-        "int __ebpfkit_layout_probe(struct __sk_buff *skb) {",
-        "    u32 k; u64 v; u64 p = skb->len;  /* any address clang cannot fold */",
-    ]
-    first = sum(part.count("\n") + 1 for part in lines) + 1  # line number of query 0
-    for i, (kind, tag, name) in enumerate(query):
-        what = f"({kind} {tag} *)p + 1" if name is None else f"&(({kind} {tag} *)p)->{name}"
-        lines.append(f"    k = {i}; v = (u64)({what}) - p; __ebpfkit_layout.update(&k, &v);")
-    lines += ["    return 0;", "}"]
-    try:
-        bcc = _bcc.bcc()
-    except Exception:  # noqa: BLE001 - no BCC: the headers' layout stays unknown
-        return None, frozenset()
-    try:
-        with capture_stderr() as err:
-            b = bcc.BPF(text="\n".join(lines), cflags=["-w"])
-    except Exception:  # noqa: BLE001 - BCC raises plain Exception
-        at = {int(n) - first for n in re.findall(r"main\.c:(\d+):\d+: error", err.text)}
-        return None, frozenset(at & set(range(len(query))))
-    try:
-        fn = b.load_func("__ebpfkit_layout_probe", bcc.BPF.SOCKET_FILTER)
-        test_run(fn.fd)
-        table = b["__ebpfkit_layout"]
-        values = {(tag, name): table[table.Key(i)].value for i, (_, tag, name) in enumerate(query)}
-        return values, frozenset()
-    except Exception:  # noqa: BLE001 - cannot run here: the headers' layout stays unknown
-        return None, frozenset()
-    finally:
-        b.cleanup()
-
-
-def _header_differences(
-    directives: str, plan: dict[str, _Record]
-) -> dict[str, list[tuple[str, int, int]] | None]:
-    """Per record: [(member or "(size)", headers, kernel)] where they differ, or
-    None when the headers cannot say (they lack the record or a member)."""
-    query = _header_query(plan)
-    layout, rejected = _header_layout(directives, tuple(query))
-    lacking = {query[i][1] for i in rejected}
-    if layout is None and lacking:
-        # Ask again without the records the headers lack (one such spoils the lot).
-        query = [q for q in query if q[1] not in lacking]
-        layout, _ = _header_layout(directives, tuple(query)) if query else (None, None)
-    out: dict[str, list[tuple[str, int, int]] | None] = {}
+    layout, lacking = records_layout(directives, query)
+    out: _Differences = {}
     for tag, rec in plan.items():
         if layout is None or tag in lacking:
             out[tag] = None
@@ -378,8 +315,8 @@ def _header_differences(
 class _Writer:
     """C definitions for records, from BTF, with explicit padding."""
 
-    def __init__(self, types: _Types, names: set[str]) -> None:
-        self.t = types
+    def __init__(self, btf: Btf, names: set[str]) -> None:
+        self.btf = btf
         self.names = names
         self.pads = 0
 
@@ -391,17 +328,19 @@ class _Writer:
 
     def body(self, tid: int, size: int) -> list[str]:
         """Members the program names, at their offsets; overlapping ones in a union."""
+        size_of = self.btf.size
         fields = sorted(
-            (f for f in self.t.flat_fields(tid) if f.name in self.names), key=lambda f: f.offset
+            (f for f in _flat_fields(self.btf, tid) if f.name in self.names),
+            key=lambda f: f.offset,
         )
         out: list[str] = []
         cursor, i = 0, 0
         while i < len(fields):
-            group, end = [fields[i]], fields[i].offset + self.t.size(fields[i].tid)
+            group, end = [fields[i]], fields[i].offset + size_of(fields[i].tid)
             i += 1
             while i < len(fields) and fields[i].offset < end:
                 group.append(fields[i])
-                end = max(end, fields[i].offset + self.t.size(fields[i].tid))
+                end = max(end, fields[i].offset + size_of(fields[i].tid))
                 i += 1
             start = group[0].offset
             out += self.pad(start - cursor)
@@ -424,58 +363,53 @@ class _Writer:
 
     def decl(self, tid: int, name: str) -> tuple[str, str]:
         """(C declaration of ``name`` with type ``tid``, the BTF type name if it differs)."""
-        t = self.t
-        tid = t.unqualified(tid)  # const/volatile change no layout
-        note = t.btf.type_name(tid) if t.kind(tid) == _TYPEDEF else ""
-        tid = t.resolved(tid)
-        k = t.kind(tid)
-        if k == _ARRAY:
+        btf = self.btf
+        tid = btf.unqualified(tid)  # const/volatile change no layout
+        note = btf.type_name(tid) if btf.kind(tid) == Kind.TYPEDEF else ""
+        tid = btf.resolve(tid)
+        k = btf.kind(tid)
+        if k == Kind.ARRAY:
             dims = ""
-            while k == _ARRAY:
-                elem, n = t.array(tid)
+            while k == Kind.ARRAY:
+                elem, n = btf.array(tid)
                 dims += f"[{n}]"
-                tid = t.resolved(elem)
-                k = t.kind(tid)
+                tid = btf.resolve(elem)
+                k = btf.kind(tid)
             inner, _ = self.decl(tid, name)
-            return inner + dims, note or t.btf.type_name(tid) + dims
+            return inner + dims, note or btf.type_name(tid) + dims
         if k in _RECORDS:
-            tag = t.name(tid)
+            tag = btf.name(tid)
             if tag:
                 return f"{_RECORDS[k]} {tag} {name}", note
             # An anonymous record used by value (kuid_t, atomic_t, `struct { } b`): inline.
-            body = " ".join(self.body(tid, t.size(tid)))
+            body = " ".join(self.body(tid, btf.size(tid)))
             return f"{_RECORDS[k]} {{ {body} }} __attribute__((packed)) {name}", note
-        if k == _INT and t.size(tid) > 8:
-            # BCC misplaces 128-bit integers (see _header_layout): keep the bytes.
-            return f"unsigned long long {name}[{t.size(tid) // 8}]", note or t.name(tid)
+        if k == Kind.INT and btf.size(tid) > 8:
+            # BCC misplaces 128-bit integers (see layout.header_layout): keep the bytes.
+            return f"unsigned long long {name}[{btf.size(tid) // 8}]", note or btf.name(tid)
         return f"{self.scalar(tid)} {name}", note
 
     def scalar(self, tid: int) -> str:
         """A type spelled without anything the headers must define."""
-        t = self.t
-        k = t.kind(tid)
-        if k in (_INT, _FLOAT):
-            return t.name(tid)
-        if k in (_ENUM, _ENUM64):
-            signed = bool(t.w[t.starts[tid] + 1] >> 31)
-            base = _INT_OF_SIZE.get(t.size(tid), "int")
-            return base if signed else f"unsigned {base}"
-        if k == _PTR:
-            return self.pointee(t.ref(tid)) + " *"
+        btf = self.btf
+        k = btf.kind(tid)
+        if k in (Kind.INT, Kind.FLOAT):
+            return btf.name(tid)
+        if k in (Kind.ENUM, Kind.ENUM64):
+            base = _INT_OF_SIZE.get(btf.size(tid), "int")
+            return base if btf.is_signed(tid) else f"unsigned {base}"
+        if k == Kind.PTR:
+            return self.pointee(btf.referenced(tid)) + " *"
         return "void"
 
     def pointee(self, tid: int) -> str:
-        t = self.t
-        tid = t.resolved(tid)
-        k = t.kind(tid)
-        if k in _RECORDS or k == _FWD:
-            tag = t.name(tid)
-            if k == _FWD:
-                kind = "union" if t.w[t.starts[tid] + 1] >> 31 else "struct"
-            else:
-                kind = _RECORDS[k]
-            return f"{kind} {tag}" if tag else "void"
-        if k in (_INT, _FLOAT, _ENUM, _ENUM64, _PTR):
+        btf = self.btf
+        tid = btf.resolve(tid)
+        k = btf.kind(tid)
+        if k in _RECORDS or k == Kind.FWD:
+            # "struct tag" or "union tag" (a forward declaration's flag says which).
+            return btf.type_name(tid) if btf.name(tid) else "void"
+        if k in (Kind.INT, Kind.FLOAT, Kind.ENUM, Kind.ENUM64, Kind.PTR):
             return self.scalar(tid)
         return "void"  # functions, arrays, void: the address is what matters
 
@@ -489,7 +423,7 @@ class _Writer:
         lines += ["    " + line for line in body]
         lines.append("} __attribute__((packed));")
         lines.append(f'_Static_assert(sizeof({c}) == {rec.size}, "ebpfkit: size of {c}");')
-        for name, offset in sorted({(f.name, f.offset) for f in rec.fields}, key=lambda x: x[1]):
+        for name, offset in rec.members():
             lines.append(
                 f"_Static_assert(__builtin_offsetof({c}, {name}) == {offset},"
                 f' "ebpfkit: {c}.{name}");'
@@ -500,12 +434,12 @@ class _Writer:
 # ------------------------------------------------------------------ the prelude
 
 
-def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
-    """C text to put before everything else in the program, and notes for the user.
+def build_prelude(source: str, btf: Btf | None = None) -> Prelude:
+    """The prelude that makes ``source``'s kernel struct reads exact, with notes.
 
-    Returns ``("", [])`` when nothing needs fixing: the program reads no kernel
-    struct, the kernel has no BTF, or the headers already agree with it. The
-    prelude includes the program's own ``#include`` lines, so it must come
+    It is empty (``Prelude()``) when nothing needs fixing: the program reads no
+    kernel struct, the kernel has no BTF, or the headers already agree with it.
+    Its text includes the program's own ``#include`` lines, so it must come
     before anything that could include a kernel header.
     """
     code = _strip_comments(source)
@@ -513,22 +447,28 @@ def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
     names = _names_used(bare)
     roots, defined = _records(bare)
     if not names or not roots:
-        return "", []
+        return Prelude()
     if btf is None:
         try:
             btf = Btf.load()
         except OSError:
-            return "", []
-    types = _Types(btf)
-    plan = _plan(types, roots, names, defined | _ABI_STRUCTS)
+            return Prelude()
+    plan = _plan(btf, roots, names, defined | ABI_STRUCTS)
     if not plan:
-        return "", []
-
+        return Prelude()
     directives = hoisted_directives(code)
     differences = _header_differences(directives, plan)
+    replace, notes = _to_replace(plan, differences)
+    if not replace:
+        return Prelude(notes=tuple(notes))
+    return _write(_Writer(btf, names), plan, replace, differences, directives, notes)
+
+
+def _to_replace(plan: dict[str, _Record], differences: _Differences) -> tuple[set[str], list[str]]:
+    """(records to redefine, notes on those that must keep the headers' layout)."""
     replace = {tag for tag, diff in differences.items() if diff != []}
     if not replace:
-        return "", []
+        return replace, []
     # Closing over what the rename touches: a record kept from the headers would
     # point to (or embed) the headers' renamed, wrong-layout record, and one of
     # its members named like a renamed tag would be renamed too.
@@ -565,11 +505,18 @@ def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
                     f"{', '.join(sorted(plan[tag].by_value & kept))}, which keeps the headers'"
                     " layout"
                 )
-    replace -= kept
-    if not replace:
-        return "", notes
+    return replace - kept, notes
 
-    writer = _Writer(types, names)
+
+def _write(
+    writer: _Writer,
+    plan: dict[str, _Record],
+    replace: set[str],
+    differences: _Differences,
+    directives: str,
+    notes: list[str],
+) -> Prelude:
+    """The prelude's text: the headers' definitions renamed, then ours from BTF."""
     out = [
         "/* ebpfkit: kernel structs laid out as the running kernel's BTF says; the",
         "   headers' definitions of them are renamed " + HEADER_PREFIX + "* */",
@@ -577,10 +524,10 @@ def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
     out += [f"#define {tag} {HEADER_PREFIX}{tag}" for tag in sorted(replace)]
     out += [directives] if directives else []
     out += [f"#undef {tag}" for tag in sorted(replace)]
+    replaced = []
     for tag in _dependency_order(plan, replace):
         rec = plan[tag]
         out += writer.record(rec)
-        fields = sorted({f.name for f in rec.fields}, key=lambda n: _offset_of(rec, n))
         diff = differences[tag]
         if diff is None:
             why = "the included headers do not define it (or lack a member)"
@@ -589,19 +536,13 @@ def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
             why = "headers' offsets differ: " + ", ".join(shown)
         else:
             why = "it leads to a corrected struct"
-        read = ", ".join(fields) if fields else "its size"
+        members = rec.members()
+        read = ", ".join(dict.fromkeys(name for name, _ in members)) if members else "its size"
         notes.append(f"{rec.kind} {tag}: {read} read at the running kernel's offsets (BTF); {why}")
+        headers = None if diff is None else tuple(diff)
+        replaced.append(Replaced(rec.kind, tag, rec.size, tuple(members), headers))
     out.append("/* ebpfkit: end of exact layouts */")
-    return "\n".join(out) + "\n", notes
-
-
-def corrected_structs(prelude: str) -> set[str]:
-    """Tags whose definitions the prelude replaced (their layout warning is moot)."""
-    return set(re.findall(r"^#define (\w+) " + HEADER_PREFIX, prelude, re.M))
-
-
-def _offset_of(rec: _Record, name: str) -> int:
-    return min(f.offset for f in rec.fields if f.name == name)
+    return Prelude("\n".join(out) + "\n", tuple(notes), tuple(replaced))
 
 
 def _dependency_order(plan: dict[str, _Record], replace: set[str]) -> list[str]:
@@ -618,3 +559,23 @@ def _dependency_order(plan: dict[str, _Record], replace: set[str]) -> list[str]:
     for tag in sorted(replace):
         visit(tag)
     return order
+
+
+# ------------------------------------------------------------------ the former API
+
+
+def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
+    """``(text, notes)`` of :func:`build_prelude`: the form session.py still takes."""
+    prelude = build_prelude(source, btf)
+    return prelude.text, list(prelude.notes)
+
+
+def corrected_structs(prelude: Prelude | str) -> set[str]:
+    """Tags whose definitions the prelude replaced (their layout warning is moot).
+
+    Given a ``Prelude``, its ``corrected``. Given the text of ``exact_prelude``
+    (session.py, until it takes the ``Prelude``), read from its ``#define`` lines.
+    """
+    if isinstance(prelude, Prelude):
+        return set(prelude.corrected)
+    return set(re.findall(r"^#define (\w+) " + HEADER_PREFIX, prelude, re.M))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ._stderr import capture_stderr
 from .errors import CompileError, MapRefused, VerifierError
+from .exact import Prelude
 
 # Counts ring-buffer records the program could not write (buffer full), per buffer.
 LOST_MAP = "__ebpfkit_lost"
@@ -21,12 +22,12 @@ LOST_MAP = "__ebpfkit_lost"
 PRINTK_MAP = "__ebpfkit_printk"
 
 # Headers every program may need: learners forget them (struct pt_regs, the perf-event
-# context); session.py hands them to exact.py too.
+# context). They open the program's own prelude (see ``prepare``); session.py hands
+# them to exact.py too, which must see every #include line of the program.
 INCLUDES = """\
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
 """
-_PRELUDE = INCLUDES
 
 _FILTER = """\
 static inline __attribute__((always_inline)) int __ebpfkit_skip(void) {{
@@ -58,11 +59,21 @@ _PERF_DECL = re.compile(r"BPF_PERF_OUTPUT\s*\(\s*(\w+)")
 
 @dataclass
 class Source:
-    """The user's text and what we made of it."""
+    """The user's text and what we made of it.
+
+    ``final`` is what BCC compiles: ``layout.text + prelude + body``, where
+    ``prelude`` is ours (INCLUDES, counters, the filter), ``body`` the user's
+    text with its calls wrapped, and ``layout`` the structs redefined from BTF
+    (an ``exact.Prelude``, set with ``use_layout``). ``prelude_lines`` is the
+    number of lines in front of the user's first line.
+    """
 
     text: str
     final: str = ""
     prelude_lines: int = 0
+    prelude: str = ""
+    body: str = ""
+    layout: Prelude = field(default_factory=Prelude)
     ring_buffers: list[str] = field(default_factory=list)
     perf_buffers: list[str] = field(default_factory=list)
     uses_printk: bool = False
@@ -73,6 +84,12 @@ class Source:
     def buffers(self) -> list[tuple[str, str]]:
         """Every output buffer as (name, kind); the index is its slot in the lost counter."""
         return [(n, "ring") for n in self.ring_buffers] + [(n, "perf") for n in self.perf_buffers]
+
+    def use_layout(self, layout: Prelude) -> None:
+        """Put ``layout`` (``Prelude()``: none) in front of the program, instead of the last."""
+        self.layout = layout
+        self.final = layout.text + self.prelude + self.body
+        self.prelude_lines = layout.lines + self.prelude.count("\n")
 
 
 def comm_filter(comm: str) -> str:
@@ -229,7 +246,7 @@ def prepare(
     src.ring_buffers = _RINGBUF_DECL.findall(text)
     src.perf_buffers = _PERF_DECL.findall(text)
     src.uses_printk = bool(_PRINTK_CALL.search(text))
-    prelude = _PRELUDE
+    prelude = INCLUDES
     body = text
     buffers = src.buffers()
     if buffers:
@@ -243,8 +260,8 @@ def prepare(
     if pid or comm:
         prelude += _FILTER.format(pid=int(pid or 0), comm=comm_filter(comm) if comm else "")
         body = inject_filter(body, fn_names or set())
-    src.prelude_lines = prelude.count("\n")
-    src.final = prelude + body
+    src.prelude, src.body = prelude, body
+    src.use_layout(Prelude())
     return src
 
 

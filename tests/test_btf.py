@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from ebpfkit.btf import VMLINUX, Btf
+from ebpfkit.btf import POINTER_SIZE, VMLINUX, Btf, Kind
 
 # -- a tiny BTF blob built by hand: the parser's logic without a kernel --------
 
@@ -163,6 +163,68 @@ def test_tiny_legacy_bitfield(tiny: Btf) -> None:
     assert (f.offset_bits, f.bitfield_size) == (5, 3)
 
 
+def test_tiny_type_graph(tiny: Btf) -> None:
+    """The public type-graph API, by type id: what writing C declarations needs."""
+    outer = tiny.record_id("outer")
+    assert outer is not None
+    assert (tiny.kind(outer), tiny.name(outer), tiny.size(outer)) == (Kind.STRUCT, "outer", 64)
+    assert tiny.record_id("inner_t") is None and tiny.record_id("nope") is None
+    assert (tiny.kind(0), tiny.name(0), tiny.size(0), tiny.type_name(0)) == (
+        Kind.VOID,
+        "",
+        0,
+        "void",
+    )
+
+    direct = tiny.members(outer)
+    assert direct == tiny.find_struct("outer").members
+    assert all(tiny.type_name(m.type_id) == m.type_name for m in direct)
+    flat = tiny.flat_members(outer)
+    assert [(m.name, m.offset_bits, m.bitfield_size) for m in flat] == [
+        ("x", 0, 0),
+        ("deep", 32, 0),
+        ("u_int", 64, 0),  # in an anonymous union in an anonymous struct
+        ("u_char", 64, 0),
+        ("ci", 96, 0),
+        ("name", 160, 0),
+        ("flags", 288, 3),
+        ("next", 320, 0),
+        ("cb", 384, 0),
+        ("label", 448, 0),
+    ]
+    by_name = {m.name: m.type_id for m in flat}
+
+    ci = by_name["ci"]  # const inner_t
+    assert tiny.kind(ci) == Kind.CONST
+    assert tiny.kind(tiny.unqualified(ci)) == Kind.TYPEDEF
+    assert tiny.name(tiny.unqualified(ci)) == "inner_t"
+    assert tiny.referenced(tiny.unqualified(ci)) == tiny.resolve(ci) == tiny.record_id("inner")
+    assert tiny.size(ci) == 8
+
+    name = by_name["name"]  # char[16]
+    elem, n = tiny.array(name)
+    assert (tiny.kind(elem), tiny.name(elem), n, tiny.size(name)) == (Kind.INT, "char", 16, 16)
+
+    assert tiny.referenced(by_name["next"]) == outer
+    assert tiny.size(by_name["next"]) == POINTER_SIZE
+    label = by_name["label"]  # char * const
+    assert tiny.kind(tiny.unqualified(label)) == tiny.kind(tiny.resolve(label)) == Kind.PTR
+    assert tiny.kind(tiny.referenced(tiny.resolve(by_name["cb"]))) == Kind.FUNC_PROTO
+
+    assert tiny.is_signed(by_name["x"]) and not tiny.is_signed(by_name["flags"])
+    color = next(t for t in range(1, 30) if tiny.kind(t) == Kind.ENUM)
+    assert (tiny.name(color), tiny.size(color), tiny.is_signed(color)) == ("color", 4, False)
+
+    with pytest.raises(ValueError, match="not an array"):
+        tiny.array(outer)
+    with pytest.raises(ValueError, match="not a struct or union"):
+        tiny.members(name)
+    with pytest.raises(ValueError, match="refers to no other type"):
+        tiny.referenced(by_name["x"])
+    with pytest.raises(ValueError, match="not an integer or enum"):
+        tiny.is_signed(outer)
+
+
 def test_rejects_what_is_not_btf() -> None:
     blob = tiny_blob()
     with pytest.raises(ValueError, match="magic"):
@@ -302,6 +364,8 @@ def test_mm_struct_anonymous_members_match_bpftool(
     expected = bpftool.offset_bits(bpftool.first[("STRUCT", "mm_struct")], field)
     assert expected is not None and expected % 8 == 0
     assert kernel_btf.member_offset("mm_struct", field) == expected // 8
+    flat = kernel_btf.flat_members(kernel_btf.record_id("mm_struct"))
+    assert {m.name: m.offset_bits for m in flat}[field] == expected
 
 
 def test_dotted_path_matches_bpftool(kernel_btf: Btf, bpftool: Bpftool) -> None:

@@ -601,6 +601,45 @@ def test_non_root_check_explains_itself():
     assert proc.stdout.rstrip().endswith("the lessons cannot run."), out
 
 
+@needs_root
+@pytest.mark.parametrize(
+    ("caps", "allowed"),
+    [("", False), ("+bpf", False), ("+bpf,+perfmon", True), ("+sys_admin", True)],
+)
+def test_privileged_as_another_user_with_capabilities(caps, allowed):
+    """checks.privileged() (which session.py's test of privileges uses too), in a process
+    of user nobody given exactly these capabilities (setpriv, ambient capabilities)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    given = [f"--inh-caps={caps}", f"--ambient-caps={caps}"] if caps else ["--inh-caps=-all"]
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from ebpfkit import checks; "
+        "print(checks.privileged(), sorted(checks.capabilities()))"
+    )
+    proc = subprocess.run(
+        [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *given]
+        + [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"},
+        cwd="/",
+        timeout=60,
+    )
+    if proc.returncode != 0 and "Permission denied" in proc.stderr:
+        pytest.skip(f"user nobody cannot run {sys.executable}: {proc.stderr.strip()[-200:]}")
+    assert proc.returncode == 0, proc.stderr
+    said, have = proc.stdout.split(" ", 1)
+    numbers = {
+        "bpf": check_mod.CAP_BPF,
+        "perfmon": check_mod.CAP_PERFMON,
+        "sys_admin": check_mod.CAP_SYS_ADMIN,
+    }
+    wanted = {numbers[c] for c in caps.replace("+", "").split(",") if c}
+    assert have.strip() == str(sorted(wanted)), proc.stdout
+    assert said == str(allowed), proc.stdout
+
+
 # ---------------------------------------------------------------- BCC from any Python
 
 

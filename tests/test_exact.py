@@ -19,16 +19,26 @@ import threading
 import pytest
 from helpers import needs_root
 
-from ebpfkit.exact import corrected_structs, exact_prelude, hoisted_directives
+from ebpfkit.exact import (
+    Prelude,
+    build_prelude,
+    corrected_structs,
+    exact_prelude,
+    hoisted_directives,
+)
 
 HAS_BTF = os.path.exists("/sys/kernel/btf/vmlinux")
 X86_64 = platform.machine() == "x86_64"
 NOFILE = 777  # a soft RLIMIT_NOFILE no process has by chance
 
-pytestmark = [
-    needs_root,
-    pytest.mark.skipif(not HAS_BTF, reason="the kernel has no BTF (/sys/kernel/btf/vmlinux)"),
-]
+needs_btf = pytest.mark.skipif(
+    not HAS_BTF, reason="the kernel has no BTF (/sys/kernel/btf/vmlinux)"
+)
+
+
+def needs_kernel(test):
+    """Root, to load programs, and the kernel's BTF."""
+    return needs_root(needs_btf(test))
 
 
 def _bcc():
@@ -203,8 +213,8 @@ def measured(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ebpfkit-exact")
     for sub in ("a", "b", "c"):
         (cwd / sub).mkdir()  # a directory's link count: 2 + its subdirectories
-    prelude, notes = exact_prelude(program)
-    exact = bcc.BPF(text=prelude + program, cflags=["-w"])
+    prelude = build_prelude(program)
+    exact = bcc.BPF(text=prelude.text + program, cflags=["-w"])
     plain = bcc.BPF(text=program, cflags=["-w"])
     try:
         truth, (with_prelude, without) = _run_child(str(cwd), exact, plain)
@@ -213,7 +223,7 @@ def measured(tmp_path_factory):
         plain.cleanup()
     return {
         "prelude": prelude,
-        "notes": notes,
+        "notes": list(prelude.notes),
         "truth": truth,
         "exact": with_prelude,
         "plain": without,
@@ -227,6 +237,7 @@ EXACT_FIELDS = [
 ]  # fmt: skip
 
 
+@needs_kernel
 @pytest.mark.parametrize("name", EXACT_FIELDS)
 def test_reads_equal_ground_truth(measured, name):
     truth = measured["truth"][name]
@@ -238,6 +249,7 @@ def test_reads_equal_ground_truth(measured, name):
     )
 
 
+@needs_kernel
 def test_mmap_base_read_where_btf_puts_it(measured):
     # KERNEL.md saw BCC's rewriter read mmap_base 16 bytes off with a bpftool
     # vmlinux.h (nested anonymous structs); the flat definition must not.
@@ -246,6 +258,7 @@ def test_mmap_base_read_where_btf_puts_it(measured):
     assert 0 < read["mmap_base"] < 1 << 57 and read["mmap_base"] % 4096 == 0
 
 
+@needs_kernel
 def test_hash_len_overlaps_len(measured):
     # qstr's anonymous union: hash_len holds len in its high half (little-endian).
     if sys.byteorder != "little":
@@ -253,6 +266,7 @@ def test_hash_len_overlaps_len(measured):
     assert measured["exact"]["hash_len"] >> 32 == measured["truth"]["name_len"]
 
 
+@needs_kernel
 def test_vruntime_inside_embedded_struct(measured):
     # /proc/<pid>/sched shows se.vruntime when the child went to sleep, a little
     # after our read: equal, or ahead by the little CPU time it used in between.
@@ -263,6 +277,7 @@ def test_vruntime_inside_embedded_struct(measured):
     assert 0 <= truth - read < 500_000_000, f"se.vruntime read {read}, /proc says {truth}"
 
 
+@needs_kernel
 def test_without_prelude_reads_are_wrong(measured):
     if not measured["prelude"]:
         pytest.skip("the headers agree with the running kernel here: nothing to correct")
@@ -271,25 +286,61 @@ def test_without_prelude_reads_are_wrong(measured):
     assert wrong, f"the headers' layout read the right values too: {plain}"
 
 
+@needs_kernel
 def test_notes_name_what_was_corrected(measured):
-    if not measured["prelude"]:
+    prelude = measured["prelude"]
+    if not prelude:
         pytest.skip("the headers agree with the running kernel here: nothing to correct")
     task = next(n for n in measured["notes"] if n.startswith("struct task_struct:"))
     for member in ("pid", "tgid", "real_parent", "comm"):
         assert member in task
-    assert corrected_structs(measured["prelude"]) >= {"task_struct", "mm_struct", "inode"}
+    assert prelude.corrected >= {"task_struct", "mm_struct", "inode"}
+    # The former API, for session.py: the same tags, from the object or from the text.
+    assert corrected_structs(prelude) == corrected_structs(prelude.text) == prelude.corrected
 
 
+@needs_kernel
+def test_prelude_carries_what_it_replaced(measured):
+    """Each replaced record, with its BTF size and members, and why: the same as the
+    text's own static asserts and notes say, without reading the text back."""
+    import re
+
+    from ebpfkit.btf import Btf
+
+    prelude = measured["prelude"]
+    if not prelude:
+        pytest.skip("the headers agree with the running kernel here: nothing to correct")
+    btf = Btf.load()
+    sizes = re.findall(r"sizeof\((struct|union) (\w+)\) == (\d+)", prelude.text)
+    members = re.findall(r"offsetof\((struct|union) (\w+), (\w+)\) == (\d+)", prelude.text)
+    assert sorted((r.kind, r.tag, r.size) for r in prelude.replaced) == sorted(
+        (kind, tag, int(size)) for kind, tag, size in sizes
+    )
+    assert sorted((r.tag, m, off) for r in prelude.replaced for m, off in r.members) == sorted(
+        (tag, name, int(offset)) for _, tag, name, offset in members
+    )
+    task = next(r for r in prelude.replaced if r.tag == "task_struct")
+    assert task.size == btf.find_struct("task_struct").size
+    assert dict(task.members)["pid"] == btf.member_offset("task_struct", "pid")
+    # Why it was replaced: the headers' offsets that differ, as the note shows them.
+    note = next(n for n in prelude.notes if n.startswith("struct task_struct:"))
+    if task.headers:
+        member, in_headers, in_kernel = task.headers[0]
+        assert f"{member} {in_headers} -> {in_kernel}" in note
+    assert len(prelude.notes) >= len(prelude.replaced)
+
+
+@needs_kernel
 def test_generated_code_uses_btf_offsets(measured):
     """Every member of the generated definitions, at the address the compiled
     code computes (not offsetof, which clang folds from its AST and which can
     disagree with BCC's code), sits where BTF says."""
     import re
 
-    from ebpfkit import exact
+    from ebpfkit import layout
     from ebpfkit.btf import Btf
 
-    prelude = measured["prelude"]
+    prelude = measured["prelude"].text
     if not prelude:
         pytest.skip("the headers agree with the running kernel here: nothing generated")
     btf = Btf.load()
@@ -298,13 +349,13 @@ def test_generated_code_uses_btf_offsets(measured):
     assert {tag for _, tag, _ in sizes} >= {"task_struct", "mm_struct", "inode"}
     query = [(kind, tag, None) for kind, tag, _ in sizes]
     query += [(kind, tag, name) for kind, tag, name, _ in members]
-    layout, rejected = exact._header_layout(prelude, tuple(query))
-    assert layout is not None, f"the prelude alone does not compile (queries {rejected})"
+    values, rejected, error = layout.header_layout(prelude, tuple(query))
+    assert values is not None, f"the prelude alone does not compile (queries {rejected}): {error}"
     for kind, tag, size in sizes:
         info = btf.find_struct(tag, kind=kind)
-        assert layout[(tag, None)] == info.size == int(size), tag
+        assert values[(tag, None)] == info.size == int(size), tag
     for _kind, tag, name, offset in members:
-        assert layout[(tag, name)] == btf.member_offset(tag, name) == int(offset), (tag, name)
+        assert values[(tag, name)] == btf.member_offset(tag, name) == int(offset), (tag, name)
 
 
 # Members the borrowed headers may not have at all (6.14 replaced dentry's
@@ -330,6 +381,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
 """
 
 
+@needs_kernel
 def test_union_member_the_headers_lack(tmp_path):
     from ebpfkit.btf import Btf
 
@@ -337,9 +389,10 @@ def test_union_member_the_headers_lack(tmp_path):
     if btf.find_struct("shortname_store", kind="union") is None:
         pytest.skip("this kernel has no union shortname_store (before 6.14)")
     bcc = _bcc()
-    prelude, notes = exact_prelude(SHORTNAME)
-    assert "union shortname_store {" in prelude, notes
-    b = bcc.BPF(text=prelude + SHORTNAME, cflags=["-w"])
+    prelude = build_prelude(SHORTNAME)
+    assert "union shortname_store {" in prelude.text, prelude.notes
+    assert "shortname_store" in prelude.corrected
+    b = bcc.BPF(text=prelude.text + SHORTNAME, cflags=["-w"])
     try:
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(tmp_path), platform.machine()],
@@ -357,6 +410,7 @@ def test_union_member_the_headers_lack(tmp_path):
         b.cleanup()
 
 
+@needs_kernel
 def test_bitfield_keeps_the_headers_layout_with_a_note():
     src = """
 #include <linux/sched.h>
@@ -371,11 +425,13 @@ int f(struct pt_regs *ctx) {
     info = Btf.load().find_struct("task_struct")
     if not any(m.name == "in_execve" and m.bitfield_size for m in info.members):
         pytest.skip("task_struct.in_execve is not a bitfield in this kernel")
-    prelude, notes = exact_prelude(src)
-    assert "struct task_struct {" not in prelude
-    assert any("in_execve" in n and "bitfield" in n for n in notes), notes
+    prelude = build_prelude(src)
+    assert "struct task_struct {" not in prelude.text
+    assert "task_struct" not in prelude.corrected
+    assert any("in_execve" in n and "bitfield" in n for n in prelude.notes), prelude.notes
 
 
+@needs_kernel
 @pytest.mark.parametrize(
     "includes",
     [
@@ -402,16 +458,17 @@ def test_common_headers_still_compile(includes):
             bcc.BPF(text=src, cflags=["-w"]).cleanup()
     except Exception:  # noqa: BLE001
         pytest.skip(f"does not compile even without the prelude here: {includes}")
-    prelude, notes = exact_prelude(src)
+    prelude = build_prelude(src)
     if not prelude:
         pytest.skip("the headers agree with the running kernel here")
     with capture_stderr() as err:
         try:
-            bcc.BPF(text=prelude + src, cflags=["-w"]).cleanup()
+            bcc.BPF(text=prelude.text + src, cflags=["-w"]).cleanup()
         except Exception as e:  # noqa: BLE001
-            pytest.fail(f"{e}\n{err.text[-3000:]}\n{prelude}")
+            pytest.fail(f"{e}\n{err.text[-3000:]}\n{prelude.text}")
 
 
+@needs_kernel
 def test_headers_that_agree_get_no_prelude():
     # struct rlimit is two longs in every kernel: measured, found equal, left alone.
     _bcc()
@@ -422,9 +479,11 @@ int f(struct pt_regs *ctx) {
     return r->rlim_cur + r->rlim_max;
 }
 """
+    assert build_prelude(src) == Prelude()
     assert exact_prelude(src) == ("", [])
 
 
+@needs_kernel
 def test_no_kernel_struct_no_prelude():
     src = """
 TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
@@ -433,6 +492,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
     return 0;
 }
 """
+    assert build_prelude(src) == Prelude()
     assert exact_prelude(src) == ("", [])
 
 
@@ -451,3 +511,21 @@ def test_hoisted_directives_keep_defines_before_includes():
         "#define LONG(a) \\\n  ((a) + 1)\n"
         "#include <linux/fs.h>"
     )
+
+
+def test_source_takes_the_prelude_and_gives_it_back():
+    """program.Source puts the prelude's text in front and counts its lines (so compile
+    errors still name the cell's own lines); Prelude() takes it away again."""
+    from ebpfkit.program import prepare
+
+    src = prepare("int x;\n")
+    plain, lines = src.final, src.prelude_lines
+    prelude = Prelude("/* one */\n/* two */\n", ("a note",))
+    assert prelude and prelude.lines == 2 and prelude.corrected == frozenset()
+    src.use_layout(prelude)
+    assert src.final == prelude.text + plain
+    assert src.prelude_lines == lines + 2
+    assert src.layout is prelude
+    src.use_layout(Prelude())
+    assert (src.final, src.prelude_lines) == (plain, lines)
+    assert not Prelude(notes=("kept",))  # notes alone put no text in front

@@ -50,6 +50,34 @@ def test_mismatch_reported_exactly_when_headers_differ_from_btf():
 
 
 @needs_root
+def test_mismatches_skip_what_a_prelude_corrected():
+    headers = checks.header_offsets(_bcc.bcc(), ("tgid",))
+    if headers["tgid"] == checks.btf_offsets(("tgid",))["tgid"]:
+        pytest.skip("these kernel headers lay task_struct out like the running kernel")
+    assert {m.struct for m in layout.mismatches(READS_TASK)} == {"task_struct"}
+    assert layout.mismatches(READS_TASK, skip={"task_struct"}) == []
+
+
+@needs_root
+def test_measurer_names_what_the_headers_lack():
+    """One query per line: clang's errors say which records the headers lack; the
+    rest is measured without them, and equals what the check reports."""
+    query = [
+        ("struct", "task_struct", None),
+        ("struct", "task_struct", "tgid"),
+        ("struct", "ebpfkit_no_such_struct", "x"),
+        ("struct", "task_struct", "ebpfkit_no_such_member"),
+    ]
+    first = layout.header_layout("#include <linux/sched.h>", tuple(query))
+    assert first.values is None
+    assert first.rejected == {2, 3}, first.error
+    values, lacking = layout.records_layout("#include <linux/sched.h>", query[:3])
+    assert lacking == {"ebpfkit_no_such_struct"}
+    assert values[("task_struct", "tgid")] == checks.header_offsets(_bcc.bcc(), ("tgid",))["tgid"]
+    assert values[("task_struct", None)] > values[("task_struct", "tgid")]
+
+
+@needs_root
 def test_session_warns_before_running_with_headers_layout():
     headers = checks.header_offsets(_bcc.bcc(), ("tgid",))
     if headers["tgid"] == checks.btf_offsets(("tgid",))["tgid"]:
