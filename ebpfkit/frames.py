@@ -631,20 +631,7 @@ class ColumnStore:
                 target = np.dtype("i8")
             shape = (n, *column.dtype.shape) if column.kind == "array" else n
             out = alloc(shape, target.base if column.kind == "array" else target)
-            at = 0
-            for part in self._spilled_parts(column):
-                out[at : at + len(part)] = rank[part] if rank is not None else part
-                at += len(part)
-            chunks = column.chunks
-            for i in range(len(chunks)):
-                part = chunks[i] if i < len(chunks) - 1 else chunks[i][: column.fill]
-                out[at : at + len(part)] = rank[part] if rank is not None else part
-                at += len(part)
-                if consume:
-                    chunks[i] = None  # this chunk's memory goes back now
-                del part
-            if consume:
-                column.clear()
+            self._gather(column, out, rank, consume)
             if order is not None:
                 out = out[order]
             if is_time:
@@ -664,6 +651,24 @@ class ColumnStore:
         if consume:
             self.clear()
         return pd.DataFrame(columns, copy=False)
+
+    def _gather(self, column: _Column, out: np.ndarray, rank, consume: bool) -> None:
+        """Copy a column's values, spilled ones first, into ``out`` (strings as ``rank``);
+        with ``consume``, each chunk is given back as soon as it is copied."""
+        at = 0
+        for part in self._spilled_parts(column):
+            out[at : at + len(part)] = rank[part] if rank is not None else part
+            at += len(part)
+        chunks = column.chunks
+        for i in range(len(chunks)):
+            part = chunks[i] if i < len(chunks) - 1 else chunks[i][: column.fill]
+            out[at : at + len(part)] = rank[part] if rank is not None else part
+            at += len(part)
+            if consume:
+                chunks[i] = None  # this chunk's memory goes back now
+            del part
+        if consume:
+            column.clear()
 
     def sort_order(self, name: str):
         """Row order by column ``name`` (stable), or None when the rows are in order already."""
