@@ -30,6 +30,7 @@ __all__ = [
     "header_layout",
     "kernel_structs_used",
     "mismatches",
+    "records_layout",
     "test_run",
     "warning_text",
 ]

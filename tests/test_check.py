@@ -192,11 +192,13 @@ def _btf_task_struct_offsets(fields) -> dict[str, int]:
 
 
 def _header_offsets(fields) -> dict[str, int]:
-    """Where the headers BCC compiles against put each field: a tracepoint writes
-    ``offsetof`` into a map when this process calls getppid()."""
+    """Where the headers BCC compiles against put each field, as a program's own reads
+    find it: a tracepoint writes each field's address in this process's task_struct,
+    less the struct's, into a map when this process calls getppid(). (Not offsetof,
+    which clang folds from its AST and which can disagree with the generated code.)"""
     bcc = get_bcc()
     stores = "".join(
-        f"    {{ int k = {i}; u64 v = offsetof(struct task_struct, {f}); offs.update(&k, &v); }}\n"
+        f"    {{ int k = {i}; u64 v = (u64)&t->{f} - (u64)t; offs.update(&k, &v); }}\n"
         for i, f in enumerate(fields)
     )
     text = (
@@ -204,6 +206,7 @@ def _header_offsets(fields) -> dict[str, int]:
         f"BPF_ARRAY(offs, u64, {len(fields)});\n"
         "TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {\n"
         "    if ((bpf_get_current_pid_tgid() >> 32) != OUR_PID) return 0;\n"
+        "    struct task_struct *t = (struct task_struct *)bpf_get_current_task();\n"
         f"{stores}    return 0;\n}}\n"
     )
     with capture_stderr():
@@ -213,7 +216,7 @@ def _header_offsets(fields) -> dict[str, int]:
         values = [int(b["offs"][ctypes.c_int(i)].value) for i in range(len(fields))]
     finally:
         b.cleanup()
-    assert any(values), "the offsetof tracepoint never ran"
+    assert any(values), "the tracepoint never ran"
     return dict(zip(fields, values, strict=True))
 
 
