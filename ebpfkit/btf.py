@@ -49,7 +49,8 @@ POINTER_SIZE = 8
 
 class Kind(enum.IntEnum):
     """BTF kinds, as numbered in include/uapi/linux/btf.h. ``Btf.kind`` returns
-    these numbers as plain ints (a kind newer than this list stays a number)."""
+    these numbers as plain ints (a kind newer than this list stays a number); the
+    members compare equal to them."""
 
     VOID = 0
     INT = 1
@@ -73,11 +74,6 @@ class Kind(enum.IntEnum):
     ENUM64 = 19
 
 
-# The same numbers as plain ints, for the parser's inner loops.
-_VOID, _INT, _PTR, _ARRAY, _STRUCT, _UNION = 0, 1, 2, 3, 4, 5
-_ENUM, _FWD, _TYPEDEF, _VOLATILE, _CONST, _RESTRICT = 6, 7, 8, 9, 10, 11
-_FUNC, _FUNC_PROTO, _FLOAT, _TYPE_TAG, _ENUM64 = 12, 13, 16, 18, 19
-
 # What follows each 12-byte type record, in 4-byte words: a fixed part, plus a
 # part per vlen item. The type section can only be walked record by record, so
 # these sizes are what turns a type id into its position.
@@ -85,13 +81,13 @@ _FIXED_WORDS = (0, 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0)
 _VLEN_WORDS = (0, 0, 0, 0, 3, 3, 2, 0, 0, 0, 0, 0, 0, 2, 0, 3, 0, 0, 0, 3)
 
 # Modifiers that do not change a type's layout: followed to reach a struct.
-_TRANSPARENT = frozenset({_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG})
+_TRANSPARENT = frozenset({Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
 # Modifiers that change neither layout nor name: followed to reach a typedef.
-_UNQUALIFIED = frozenset({_VOLATILE, _CONST, _RESTRICT, _TYPE_TAG})
-_QUALIFIERS = {_CONST: "const", _VOLATILE: "volatile", _RESTRICT: "restrict"}
-_RECORDS = (_STRUCT, _UNION)
+_UNQUALIFIED = frozenset({Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
+_QUALIFIERS = {Kind.CONST: "const", Kind.VOLATILE: "volatile", Kind.RESTRICT: "restrict"}
+_RECORDS = (Kind.STRUCT, Kind.UNION)
 # Kinds whose record holds their size in bytes.
-_SIZED = frozenset({_INT, _ENUM, _ENUM64, _STRUCT, _UNION, _FLOAT})
+_SIZED = frozenset({Kind.INT, Kind.ENUM, Kind.ENUM64, Kind.STRUCT, Kind.UNION, Kind.FLOAT})
 
 
 class BtfLookupError(KeyError):
@@ -175,6 +171,7 @@ class Btf:
         structs: dict[str, int] = {}
         unions: dict[str, int] = {}
         fixed, per_vlen = _FIXED_WORDS, _VLEN_WORDS
+        struct_kind, union_kind = int(Kind.STRUCT), int(Kind.UNION)  # plain ints: faster here
         n_known = len(fixed)
         i, end = 0, len(words)
         while i < end:
@@ -188,9 +185,9 @@ class Btf:
                 extra = fixed[kind] + per_vlen[kind] * vlen
             else:
                 extra = self._unknown_kind_words(kind, vlen, len(starts) - 1)
-            if (kind == _STRUCT or kind == _UNION) and words[i]:
+            if (kind == struct_kind or kind == union_kind) and words[i]:
                 # Keep the first definition when a name repeats.
-                index = structs if kind == _STRUCT else unions
+                index = structs if kind == struct_kind else unions
                 name = self._str(words[i])
                 if name not in index:
                     index[name] = len(starts) - 1
@@ -252,7 +249,7 @@ class Btf:
                 kind = self.kind(tid)
                 if kind not in _RECORDS:
                     # A pointer leads to another object: its offset means nothing here.
-                    why = " (a pointer, which is not followed)" if kind == _PTR else ""
+                    why = " (a pointer, which is not followed)" if kind == Kind.PTR else ""
                     raise BtfLookupError(
                         f"{where} is {self.type_name(tid)}{why}, not a struct or union:"
                         f" cannot look up {part!r} in it"
@@ -285,7 +282,7 @@ class Btf:
     def kind(self, tid: int) -> int:
         """The type's kind: a ``Kind`` number (``Kind.VOID`` for id 0)."""
         if tid == 0:
-            return _VOID
+            return 0  # Kind.VOID
         return (self._words[self._starts[tid] + 1] >> 24) & 0x1F
 
     def name(self, tid: int) -> str:
@@ -295,7 +292,7 @@ class Btf:
 
     def referenced(self, tid: int) -> int:
         """The type a pointer, typedef or qualifier refers to."""
-        if self.kind(tid) not in _TRANSPARENT and self.kind(tid) != _PTR:
+        if self.kind(tid) not in _TRANSPARENT and self.kind(tid) != Kind.PTR:
             raise ValueError(f"BTF type {tid} ({self.type_name(tid)}) refers to no other type")
         return self._words[self._starts[tid] + 2]
 
@@ -316,9 +313,9 @@ class Btf:
         0 for void and functions."""
         tid = self._strip(tid)
         kind = self.kind(tid)
-        if kind == _PTR:
+        if kind == Kind.PTR:
             return POINTER_SIZE
-        if kind == _ARRAY:
+        if kind == Kind.ARRAY:
             elem, n = self.array(tid)
             return self.size(elem) * n
         if kind in _SIZED:
@@ -327,7 +324,7 @@ class Btf:
 
     def array(self, tid: int) -> tuple[int, int]:
         """(element type id, number of elements) of an array type."""
-        if self.kind(tid) != _ARRAY:
+        if self.kind(tid) != Kind.ARRAY:
             raise ValueError(f"BTF type {tid} ({self.type_name(tid)}) is not an array")
         i = self._starts[tid]
         return self._words[i + 3], self._words[i + 5]
@@ -337,9 +334,9 @@ class Btf:
         tid = self._strip(tid)
         kind = self.kind(tid)
         i = self._starts[tid]
-        if kind == _INT:
+        if kind == Kind.INT:
             return bool(self._words[i + 3] >> 24 & 1)  # BTF_INT_SIGNED
-        if kind in (_ENUM, _ENUM64):
+        if kind in (Kind.ENUM, Kind.ENUM64):
             return bool(self._words[i + 1] >> 31)  # kind_flag
         raise ValueError(f"BTF type {tid} ({self.type_name(tid)}) is not an integer or enum")
 
@@ -399,7 +396,7 @@ class Btf:
                 bits, bitfield = offset, 0
                 # Without kind_flag, old encoders put a bitfield's width and
                 # extra offset in the member's INT type itself.
-                if mtype and self.kind(mtype) == _INT:
+                if mtype and self.kind(mtype) == Kind.INT:
                     k = self._starts[mtype]
                     enc = w[k + 3]
                     nr_bits, int_off = enc & 0xFF, (enc >> 16) & 0xFF
@@ -445,24 +442,24 @@ class Btf:
         name_off, info, ref = w[i], w[i + 1], w[i + 2]
         kind = (info >> 24) & 0x1F
         name = self._str(name_off) if name_off else ""
-        if kind in (_INT, _FLOAT, _TYPEDEF, _FUNC):
+        if kind in (Kind.INT, Kind.FLOAT, Kind.TYPEDEF, Kind.FUNC):
             return name
-        if kind in (_STRUCT, _UNION, _ENUM, _ENUM64, _FWD):
-            if kind == _FWD:
+        if kind in (Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64, Kind.FWD):
+            if kind == Kind.FWD:
                 tag = "union" if info >> 31 else "struct"
             else:
-                tag = {_STRUCT: "struct", _UNION: "union"}.get(kind, "enum")
+                tag = {Kind.STRUCT: "struct", Kind.UNION: "union"}.get(kind, "enum")
             return f"{tag} {name or '(anon)'}"
-        if kind == _PTR:
+        if kind == Kind.PTR:
             target = self._strip(ref)
-            if self.kind(target) == _FUNC_PROTO:
+            if self.kind(target) == Kind.FUNC_PROTO:
                 ret, params = self._proto_parts(target, depth)
                 return f"{ret} (*)({params})"
             return self._type_name(ref, depth + 1) + " *"
-        if kind == _ARRAY:
+        if kind == Kind.ARRAY:
             # int a[2][3] is an array of 2 arrays of 3: dims read outside in.
             dims = ""
-            while kind == _ARRAY:
+            while kind == Kind.ARRAY:
                 elem, nelems = w[i + 3], w[i + 5]
                 dims += f"[{nelems}]"
                 tid = elem
@@ -471,12 +468,12 @@ class Btf:
             return self._type_name(tid, depth + 1) + dims
         if kind in _QUALIFIERS:
             inner = self._type_name(ref, depth + 1)
-            if self.kind(ref) == _PTR:
+            if self.kind(ref) == Kind.PTR:
                 return f"{inner} {_QUALIFIERS[kind]}"  # char * const
             return f"{_QUALIFIERS[kind]} {inner}"
-        if kind == _TYPE_TAG:
+        if kind == Kind.TYPE_TAG:
             return self._type_name(ref, depth + 1)  # tags do not change layout
-        if kind == _FUNC_PROTO:
+        if kind == Kind.FUNC_PROTO:
             ret, params = self._proto_parts(tid, depth)
             return f"{ret} ({params})"
         return name or f"<BTF kind {kind}>"
