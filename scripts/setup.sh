@@ -14,7 +14,8 @@ say() { printf 'setup: %s\n' "$*"; }
 # JupyterLab with it through Playwright (Playwright's own browser downloads are not used).
 # sudo: the kernel a non-root user starts gets root through `sudo -n` (tests/test_kernel_sudo.py).
 # poppler-utils: the handouts tests read the PDFs with pdftotext and pdfimages.
-APT_PACKAGES=(python3-bpfcc bpfcc-tools bpftool python3-venv strace chromium sudo poppler-utils)
+# bpftrace: the %%bpftrace cell magic runs it (Debian's 0.17 reads kernel structs through BTF).
+APT_PACKAGES=(python3-bpfcc bpfcc-tools bpftool python3-venv strace chromium sudo poppler-utils bpftrace)
 KREL=$(uname -r)
 ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 
