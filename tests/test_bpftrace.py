@@ -481,3 +481,54 @@ def test_empty_cell_and_bad_duration():
         bt.Bpftrace("  \n")
     with pytest.raises(BadArguments):
         bt.check_duration(0)
+
+
+@needs_root
+@needs_bpftrace
+def test_kernel_stacks_fold_and_draw(shell, getppid_loop):
+    calls = 300
+    cell = (
+        'tracepoint:syscalls:sys_enter_getppid /comm == "bt-stacks"/ '
+        "{ @s[comm, kstack] = count(); }"
+    )
+    r = bpftrace_cell(shell, f'--run "{getppid_loop} bt-stacks {calls}"', cell)
+    s = r.maps["@s"]
+    assert list(s.columns) == ["comm", "kstack_frames", "value"]
+    assert int(s.value.sum()) == calls
+    folded = r.folded("@s")
+    assert int(folded["count"].sum()) == calls
+    # Root first: the comm, then the syscall entry, down to the tracepoint's own frames.
+    assert all(stack.startswith("bt-stacks;entry_SYSCALL_64") for stack in folded["stack"])
+    assert all("+" not in stack for stack in folded["stack"])  # offsets gone, as bcc's
+    ax = r.plot_flame("@s")
+    widths = {p.get_gid(): p.get_width() for p in ax.patches if p.get_gid()}
+    assert widths["bt-stacks"] == calls
+
+
+def test_magic_documents_its_options(ip):
+    bt.register(ip)
+    doc = ip.find_cell_magic("bpftrace").__doc__
+    for option in ("--run", "--duration", "--out", "--recording"):
+        assert option in doc, option
+
+
+@needs_root
+@needs_bpftrace
+def test_btf_struct_read_agrees_with_proc(shell, tmp_path):
+    # bpftrace reads task_struct through the running kernel's BTF: the parent's tgid is right.
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os\n"
+        "open('/proc/self/comm', 'w').write('bt-parent')\n"
+        "print(os.getpid(), os.getppid(), flush=True)\n"
+        "for _ in range(5):\n"
+        "    os.getppid()\n"
+    )
+    cell = (
+        'tracepoint:syscalls:sys_enter_getppid /comm == "bt-parent"/ '
+        "{ @pp[pid, curtask->real_parent->tgid] = count(); }"
+    )
+    r = bpftrace_cell(shell, f'--run "python3 {script}"', cell)
+    pid, ppid = map(int, r.output.split()[:2])
+    # Five calls in the loop and the one in print().
+    assert r.maps["@pp"].to_dict("records") == [{"pid": pid, "tgid": ppid, "value": 6}]
