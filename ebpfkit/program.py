@@ -574,7 +574,21 @@ def compile_source(bcc, src: Source, cflags: list[str] | None = None):
     """Compile with BCC; attach nothing yet (see ``autoload``).
 
     CompileError quotes the user's own lines; VerifierError the verifier's last ones.
+    If the layout prelude (``Source.use_layout``) is what breaks the compile, the
+    program is compiled without it, as bcc would, and ``src.layout`` is then empty.
     """
+    try:
+        return _compile(bcc, src, cflags)
+    except CompileError as e:
+        if not src.layout.corrected or "no member named" not in str(e):
+            raise
+    # A header reached a member the redefinition lacks (a member named through a
+    # macro, say): compile as bcc would; the caller warns as for any wrong layout.
+    src.use_layout(Prelude())
+    return _compile(bcc, src, cflags)
+
+
+def _compile(bcc, src: Source, cflags: list[str] | None):
     flags = ["-w", *(cflags or [])]
     if _RISKY.search(_COMMENTS_STRINGS.sub("", src.text)):
         crash = _backend_crash(bcc, src, flags)

@@ -529,3 +529,45 @@ def test_source_takes_the_prelude_and_gives_it_back():
     src.use_layout(Prelude())
     assert (src.final, src.prelude_lines) == (plain, lines)
     assert not Prelude(notes=("kept",))  # notes alone put no text in front
+
+
+@needs_root
+def test_compile_without_the_prelude_when_it_breaks_the_cell():
+    """A header's macro can name a member the redefinition lacks (dcache.h's
+    ``d_lock`` is ``d_lockref.lock``): then the cell is compiled as bcc would, without
+    the prelude; any other compile error is the cell's own and is raised."""
+    from ebpfkit.errors import CompileError
+    from ebpfkit.exact import Replaced
+    from ebpfkit.program import compile_source, prepare
+
+    bcc = _bcc()
+    # A redefinition that lacks the member the cell reads, as one reached through a
+    # header's macro does.
+    text = (
+        "#define rlimit __ebpfkit_hdr_rlimit\n#include <linux/resource.h>\n#undef rlimit\n"
+        "struct rlimit { char __ebpfkit_pad1[16]; } __attribute__((packed));\n"
+    )
+    breaking = Prelude(text, ("a note",), (Replaced("struct", "rlimit", 16, (), ()),))
+    cell = (
+        "#include <linux/resource.h>\n"
+        "int f(void *ctx) { struct rlimit r = {}; return r.rlim_cur; }\n"
+    )
+
+    src = prepare(cell)
+    plain = src.final
+    src.use_layout(breaking)
+    compile_source(bcc, src).cleanup()
+    assert src.layout == Prelude() and src.final == plain
+
+    harmless = Prelude("/* ebpfkit */\n", (), breaking.replaced)
+    src = prepare("int f(void *ctx) { return ebpfkit_undefined; }\n")
+    src.use_layout(harmless)
+    with pytest.raises(CompileError, match="ebpfkit_undefined"):
+        compile_source(bcc, src)
+    assert src.layout is harmless
+
+    # A prelude that corrected nothing is never the one to blame.
+    src = prepare(cell)
+    src.use_layout(Prelude(text))
+    with pytest.raises(CompileError, match="no member named 'rlim_cur'"):
+        compile_source(bcc, src)
