@@ -825,9 +825,10 @@ class Bpftrace:
         result.lost["printf"] = out.lost
         if out.lost:
             result.warnings.append(
-                f"bpftrace's perf buffer lost {out.lost:,} events (printf and other output): "
-                "they came faster than bpftrace read them; count in a map instead, or raise "
-                "BPFTRACE_PERF_RB_PAGES"
+                f"bpftrace's perf buffer lost {out.lost:,} events (printf and other output) "
+                "that it reported, and may have lost more unreported when it stopped: they came "
+                "faster than bpftrace read them; count in a map instead, or raise "
+                "BPFTRACE_PERF_RB_PAGES (pages per CPU)"
             )
         if out.other:
             result.notes.append("bpftrace also printed: " + " | ".join(out.other[:5]))
