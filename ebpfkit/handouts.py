@@ -506,7 +506,21 @@ MERGED = re.compile(r"\b(?:col|row)span\s*=")
 CHAR_EM = 0.62  # a character's width in the table's sans-serif type, roughly (digits: 0.55)
 
 
+def _column_runs(widths: list[float], first: int, room: float) -> list[list[int]]:
+    """The columns from ``first`` on, cut into runs whose widths add up to ``room`` at most."""
+    runs: list[list[int]] = [[]]
+    used = 0.0
+    for column in range(first, len(widths)):
+        if runs[-1] and used + widths[column] > room:
+            runs.append([])
+            used = 0.0
+        runs[-1].append(column)
+        used += widths[column]
+    return runs
+
+
 def _split_table(match: re.Match) -> str:
+    """A DataFrame's table too wide for the printed page, as runs of columns that fit."""
     table = match.group(0)
     sections = []  # (opening tag, name, rows); each row is (opening tag, cells)
     for section in SECTION.finditer(table):
@@ -540,14 +554,7 @@ def _split_table(match: re.Match) -> str:
     room = TABLE_WIDTH_PX - sum(widths[:index])
     if sum(widths[index:]) <= room or width - index < 2:
         return table
-    runs: list[list[int]] = [[]]
-    used = 0.0
-    for column in range(index, width):
-        if runs[-1] and used + widths[column] > room:
-            runs.append([])
-            used = 0.0
-        runs[-1].append(column)
-        used += widths[column]
+    runs = _column_runs(widths, index, room)
     opening = re.match(r"<table\b[^>]*>", table).group(0)
     opening = opening.replace('class="dataframe"', 'class="dataframe ebpfkit-part"', 1)
     data = width - index

@@ -230,46 +230,24 @@ def hist(
     if not len(df) or total == 0:
         return _nothing(ax, title, "nothing was counted")
 
-    grid = df.groupby([*keys, "low", "high"], sort=True, observed=True)["count"].sum()
-    grid = grid.unstack(keys) if keys else grid.to_frame("count")
-    grid = grid.fillna(0).astype("int64").sort_index(level="low")
+    grid = _bucket_grid(df, keys)
     # Every bucket between the first and the last, as the map frame has them.
-    buckets = grid.index.to_frame(index=False)
-    labels = bucket_labels(buckets, unit)
+    labels = bucket_labels(grid.index.to_frame(index=False), unit)
     x = np.arange(len(grid))
     if not keys:
         bars = ax.bar(x, grid["count"].to_numpy(), width=0.8, color=PALETTE[0])
         if len(x) <= 40:
             ax.bar_label(bars, fontsize=8, padding=1)
     else:
-        totals = grid.sum().sort_values(ascending=False, kind="stable")
-        if sections is None:
-            shown = list(totals.index[:top])
-        else:
-            shown = [s if not isinstance(s, list) else tuple(s) for s in sections]
-            unknown = [s for s in shown if s not in grid.columns]
-            if unknown:
-                raise BadArguments(
-                    f"hist(sections=...): no section {_join(unknown[0])!r} in this histogram; "
-                    f"it has {', '.join(_join(s) for s in totals.index[:20])}"
-                )
-        width = 0.8 / len(shown)
-        for i, name in enumerate(shown):
-            ax.bar(
-                x - 0.4 + width * (i + 0.5),
-                grid[name].to_numpy(),
-                width,
-                color=PALETTE[i % len(PALETTE)],
-                label=f"{_name(names, name)} ({int(grid[name].sum()):,})",
-            )
-        legend = " / ".join(keys)
-        if len(shown) < len(totals):
-            legend += f" ({len(shown)} of {len(totals)})"
-        ax.legend(title=legend, fontsize=8)
-    ax.set_xticks(
-        x, labels, rotation=45 if len(x) > 8 else 0, ha="right" if len(x) > 8 else "center"
-    )
-    ax.set_xlim(-0.6, len(x) - 0.4)
+        _section_bars(ax, grid, x, keys, sections, top, names)
+    return _bucket_axes(ax, labels, title, xlabel, ylabel, logy)
+
+
+def _bucket_axes(ax, labels: list[str], title: str, xlabel: str, ylabel: str, logy: bool):
+    """hist()'s axes: a label under each bucket, the titles, the count scale."""
+    n = len(labels)
+    ax.set_xticks(range(n), labels, rotation=45 if n > 8 else 0, ha="right" if n > 8 else "center")
+    ax.set_xlim(-0.6, n - 0.4)
     if logy:
         ax.set_yscale("log")
         ylabel += " (log scale)"
@@ -278,6 +256,41 @@ def hist(
     ax.set_ylabel(ylabel)
     _thousands(ax.yaxis)
     return ax
+
+
+def _bucket_grid(df, keys: list):
+    """Counts by bucket (rows, ``low`` and ``high``) and section (a column each, if any)."""
+    grid = df.groupby([*keys, "low", "high"], sort=True, observed=True)["count"].sum()
+    grid = grid.unstack(keys) if keys else grid.to_frame("count")
+    return grid.fillna(0).astype("int64").sort_index(level="low")
+
+
+def _section_bars(ax, grid, x, keys: list, sections, top: int, names) -> None:
+    """hist()'s bars side by side, one series per section shown, and their legend."""
+    totals = grid.sum().sort_values(ascending=False, kind="stable")
+    if sections is None:
+        shown = list(totals.index[:top])
+    else:
+        shown = [s if not isinstance(s, list) else tuple(s) for s in sections]
+        unknown = [s for s in shown if s not in grid.columns]
+        if unknown:
+            raise BadArguments(
+                f"hist(sections=...): no section {_join(unknown[0])!r} in this histogram; "
+                f"it has {', '.join(_join(s) for s in totals.index[:20])}"
+            )
+    width = 0.8 / len(shown)
+    for i, name in enumerate(shown):
+        ax.bar(
+            x - 0.4 + width * (i + 0.5),
+            grid[name].to_numpy(),
+            width,
+            color=PALETTE[i % len(PALETTE)],
+            label=f"{_name(names, name)} ({int(grid[name].sum()):,})",
+        )
+    legend = " / ".join(keys)
+    if len(shown) < len(totals):
+        legend += f" ({len(shown)} of {len(totals)})"
+    ax.legend(title=legend, fontsize=8)
 
 
 # ------------------------------------------------------------------ events over time
@@ -775,7 +788,7 @@ def flame(
     ``min_width`` (a fraction of all samples) are not drawn. Each rectangle's
     ``get_gid()`` is its path from the root, ``a;b;c``.
     """
-    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.patches import Patch
 
     stacks = _frame(stacks, "flame()")
     already = len(stacks.columns) == 2 and "stack" in stacks.columns
@@ -789,26 +802,7 @@ def flame(
     if total == 0:
         return _nothing(ax, title, "no stacks")
     kernel = set(kernel or ())
-    rects = flame_layout(stacks)
-    depth = max(r[0] for r in rects) + 1
-    # Characters that fit in one sample's width, for cutting labels to their box.
-    fig = ax.figure
-    fontsize = 8
-    box_points = ax.get_position().width * fig.get_figwidth() * 72
-    chars_per_sample = box_points / (0.6 * fontsize) / total
-    for d, x, width, frame, path in rects:
-        if width < min_width * total:
-            continue
-        y = -d - 1 if icicle else d
-        rect = Rectangle(
-            (x, y + 0.05), width, 0.9, facecolor=_flame_colour(frame, frame in kernel),
-            edgecolor="white", linewidth=0.5, gid=path,
-        )  # fmt: skip
-        ax.add_patch(rect)
-        fits = int(width * chars_per_sample)
-        if fits >= 3:
-            text = frame if len(frame) <= fits else frame[: fits - 2] + ".."
-            ax.text(x + width / 2, y + 0.5, text, ha="center", va="center", fontsize=fontsize)
+    depth = _flame_rectangles(ax, flame_layout(stacks), total, kernel, icicle, min_width)
     ax.set_xlim(0, total)
     if icicle:
         ax.set_ylim(-depth, 0)
@@ -830,6 +824,30 @@ def flame(
             bbox_to_anchor=(1.01, 1),
         )
     return ax
+
+
+def _flame_rectangles(ax, rects, total: int, kernel: set, icicle: bool, min_width: float) -> int:
+    """flame()'s frames drawn as labelled rectangles; the depth of the deepest stack."""
+    from matplotlib.patches import Rectangle
+
+    # Characters that fit in one sample's width, for cutting labels to their box.
+    fontsize = 8
+    box_points = ax.get_position().width * ax.figure.get_figwidth() * 72
+    chars_per_sample = box_points / (0.6 * fontsize) / total
+    for d, x, width, frame, path in rects:
+        if width < min_width * total:
+            continue
+        y = -d - 1 if icicle else d
+        rect = Rectangle(
+            (x, y + 0.05), width, 0.9, facecolor=_flame_colour(frame, frame in kernel),
+            edgecolor="white", linewidth=0.5, gid=path,
+        )  # fmt: skip
+        ax.add_patch(rect)
+        fits = int(width * chars_per_sample)
+        if fits >= 3:
+            text = frame if len(frame) <= fits else frame[: fits - 2] + ".."
+            ax.text(x + width / 2, y + 0.5, text, ha="center", va="center", fontsize=fontsize)
+    return max(r[0] for r in rects) + 1
 
 
 # ------------------------------------------------------------------ latency
