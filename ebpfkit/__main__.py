@@ -6,12 +6,11 @@ import argparse
 import sys
 
 from . import tools
+from .checks import run_checks
 from .errors import EbpfkitError
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .checks import run_checks
-
     report = run_checks(probes_too=not args.quick)
     print(report.text())
     return 0 if report.lessons_can_run else 1
