@@ -641,6 +641,31 @@ def check_duration(duration: float | None) -> None:
         )
 
 
+class _LiveLines:
+    """bpftrace's printf output as ebpfkit.live reads a buffer: counts and the last rows."""
+
+    name, kind = "printf", "printf"
+
+    def __init__(self, output: Output):
+        self.output = output
+
+    @property
+    def received(self) -> int:
+        return len(self.output.printf)
+
+    @property
+    def lost(self) -> int:
+        return self.output.lost
+
+    def recent(self, n: int, wall_offset=None):
+        out = self.output
+        k = len(out.received)  # the reader appends to both lists: read as far as both go
+        tail = Output(
+            printf=out.printf[max(k - 4 * n, 0) : k], received=out.received[max(k - 4 * n, 0) : k]
+        )
+        return tail.lines_frame().tail(n)
+
+
 class Bpftrace:
     """One bpftrace run: ``Bpftrace(script).run(duration=2, workload="ls")``.
 
@@ -657,17 +682,53 @@ class Bpftrace:
         self.pid: int | None = None
         self.proc: subprocess.Popen | None = None
         self.output = Output(marker=self.script.marker)
+        # What ebpfkit.live's views read off a trace, as they read a Session: the printf
+        # output as the one buffer (none for a script that prints nothing), no printk.
+        prints = re.search(r"\b(?:printf|print|time|join)\s*\(", _blank(text))
+        self.channels = [_LiveLines(self.output)] if prints else []
+        self.printk = None
+        self.bpf = None
+        self.src = self.script
+        self.wall_offset = 0
+        self.stop_reason = ""
+
+    def attached(self) -> list[str]:
+        return list(self.script.user_probes) or list(self.script.probes)
+
+    def _stop_producers(self, why: str) -> None:
+        """End the trace (the live view's Stop button, from another thread)."""
+        self.stop_reason = self.stop_reason or why
 
     def run(
         self,
         duration: float | None = None,
         workload: str | None = None,
-        progress: Callable[[Bpftrace, float], None] | None = None,
+        progress: Callable[[Bpftrace, float], None] | bool | str | None = None,
     ) -> TraceResult:
-        """Trace until the duration ends, the workload exits, bpftrace's ``exit()`` or Ctrl-C."""
-        from .session import _kill_group, _start_workload
+        """Trace until the duration ends, the workload exits, bpftrace's ``exit()``, the
+        live view's Stop button or Ctrl-C.
+
+        ``progress(bpftrace, elapsed)`` is called a few times a second; True (or "auto",
+        "widget", "text") shows ebpfkit's live view instead, as ``Session.run`` does.
+        """
+        from .live import make
 
         check_duration(duration)
+        view = make(progress, self)
+        finish = getattr(view, "finish", None)
+        try:
+            result = self._run(duration, workload, view)
+        except BaseException as e:
+            if finish:
+                finish(None, e)
+            raise
+        if finish:
+            finish(result)
+        return result
+
+    def _run(self, duration, workload, progress) -> TraceResult:
+        from .session import _kill_group, _start_workload
+
         require_privileges()
         exe = bpftrace_path()
         limit = duration or (WORKLOAD_LIMIT if workload else DEFAULT_DURATION)
@@ -718,6 +779,9 @@ class Bpftrace:
                         break
                     if progress:
                         progress(self, elapsed)
+                    if self.stop_reason:
+                        stopped_by = self.stop_reason
+                        break
                     time.sleep(min(POLL, max(limit - elapsed, 0.001)))
             except KeyboardInterrupt:
                 stopped_by = "interrupt"
@@ -854,7 +918,7 @@ def run(
     duration: float | None = None,
     run: str | None = None,
     recording: str | None = None,
-    progress: Callable[[Bpftrace, float], None] | None = None,
+    progress: Callable[[Bpftrace, float], None] | bool | str | None = None,
 ) -> TraceResult:
     """Run a bpftrace script and return what it gathered, as ``ebpfkit.trace`` does for C.
 
@@ -885,7 +949,7 @@ def run(
 try:
     from IPython.core.magic import Magics, cell_magic, magics_class, no_var_expand
     from IPython.core.magic_arguments import argument, magic_arguments
-    from traitlets import Float
+    from traitlets import Enum, Float
     from traitlets.config import Configurable
 except ImportError:  # pragma: no cover - the plain API works without IPython
     Magics = None
@@ -898,6 +962,12 @@ if Magics is not None:
 
         duration = Float(
             DEFAULT_DURATION, help="Seconds to trace when neither --duration nor --run is given."
+        ).tag(config=True)
+        live = Enum(
+            ["auto", "widget", "text", "off"],
+            "auto",
+            help="The live view while a cell traces, as BpfMagics.live: a widget panel with a "
+            "Stop button in a notebook, a progress line elsewhere (auto), or none (off).",
         ).tag(config=True)
 
         def __init__(self, shell):
@@ -956,7 +1026,13 @@ if Magics is not None:
                 if args.duration is not None
                 else (None if args.run else self.duration)
             )
-            result = run(cell or "", duration=duration, run=args.run, recording=args.recording)
+            result = run(
+                cell or "",
+                duration=duration,
+                run=args.run,
+                recording=args.recording,
+                progress=self.live,
+            )
             if result.cell is not None:
                 result.cell["options"] = line
             if args.out:

@@ -553,3 +553,59 @@ def test_lost_printf_events_counted(shell, getppid_loop, monkeypatch):
     assert lines + lost <= calls
     assert any("lost" in w and f"{lost:,}" in w for w in r.warnings)
     assert "events were lost" in r._repr_html_()
+
+
+SLOW_CALLER = (
+    "import os, time\n"
+    "open('/proc/self/comm', 'w').write('bt-live')\n"
+    "for i in range(6):\n"
+    "    os.getppid()\n"
+    "    time.sleep(0.15)\n"
+)
+LIVE_CELL = (
+    'tracepoint:syscalls:sys_enter_getppid /comm == "bt-live"/ '
+    '{ @calls = count(); printf("call by %s\\n", comm); }'
+)
+
+
+@needs_root
+@needs_bpftrace
+def test_live_view_sees_lines_while_tracing(tmp_path):
+    from ebpfkit import live
+
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_CALLER)
+    seen = []
+
+    def progress(b, elapsed):
+        if live.events_so_far(b) >= 3 and not seen:
+            seen.append((live.recent_rows(b), live.lost_so_far(b)))
+
+    r = bt.Bpftrace(LIVE_CELL).run(workload=f"python3 {script}", progress=progress)
+    assert r.printk.message.tolist() == ["call by bt-live"] * 6
+    assert seen, "the view never saw three lines while the trace ran"
+    rows, lost = seen[0]
+    assert 3 <= len(rows) <= 5 and set(rows.message) == {"call by bt-live"}
+    assert lost == 0
+
+
+@needs_root
+@needs_bpftrace
+def test_text_view_and_stop_button(tmp_path, capsys):
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_CALLER)
+    r = bt.run(LIVE_CELL, run=f"python3 {script}", progress="text")
+    out = capsys.readouterr().out
+    assert "traced" in out and "6 events, lost 0 (stopped by workload exit)" in out
+
+    # The panel's Stop button calls _stop_producers from another thread.
+    run = bt.Bpftrace(LIVE_CELL)
+    timer = threading.Timer(0.5, run._stop_producers, args=("stop button",))
+    timer.start()
+    try:
+        r = run.run(duration=30, workload="sleep 34.5")
+    finally:
+        timer.cancel()
+    assert r.stopped_by == "stop button" and r.duration < 10
+    assert r.maps["@calls"].value.tolist() == [0]  # printed by bpftrace as it stopped
+    assert not _alive(run.pid) and _workload_pids("34.5") == []
