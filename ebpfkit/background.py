@@ -18,18 +18,28 @@ from __future__ import annotations
 
 import atexit
 import html
-import re
 import threading
 import time
 from types import SimpleNamespace
 
-from . import live, recording
+from . import live, recording, running
 from .channels import PrintkReader
-from .errors import AttachError, BadArguments, EbpfkitError
+from .errors import BadArguments, EbpfkitError
+from .running import check_trace_pipe, get, sessions
 from .session import MAX_DURATION, Session, check_duration
 
-_traces: dict[str, BackgroundTrace] = {}
-_lock = threading.Lock()
+__all__ = [
+    "BackgroundTrace",
+    "ReplayedTrace",
+    "check_trace_pipe",
+    "get",
+    "sessions",
+    "start",
+    "start_session",
+    "stop_all",
+    "table",
+]
+
 _atexit_registered = False
 JOIN_TIMEOUT = 30.0  # seconds to wait for a stopped trace to collect its data
 
@@ -102,9 +112,7 @@ class BackgroundTrace:
                     f"background trace {self.name} is still collecting after "
                     f"{JOIN_TIMEOUT:.0f} s; call stop() again to wait longer"
                 )
-        with _lock:
-            if _traces.get(self.name) is self:
-                del _traces[self.name]
+        running.discard(self)
         if self.error is not None:
             raise self.error
         self.result.announced = self.announced
@@ -207,9 +215,7 @@ class ReplayedTrace(BackgroundTrace):
         return "nothing: a recording"
 
     def stop(self, why: str = "stop()"):
-        with _lock:
-            if _traces.get(self.name) is self:
-                del _traces[self.name]
+        running.discard(self)
         return self.result
 
     def summary(self) -> str:
@@ -230,8 +236,6 @@ def _frame_so_far(channel, wall_offset: int):
 
 
 # ---------------------------------------------------------------- all of them
-
-_NAME = re.compile(r"^[A-Za-z_]\w*$")
 
 
 def start(
@@ -284,7 +288,7 @@ def start_session(
     """
     check_duration(duration)
     path = recording.path_for(recording_name) if recording_name is not None else None
-    name = _free_name(name)
+    name = running.free_name(name)
     if path is not None and recording.replaying():
         # run_or_replay takes its replay branch here: the same errors for a missing file
         # and the same note for a changed program as a foreground cell.
@@ -296,47 +300,13 @@ def start_session(
         if path is not None and recording.mode() == "record":
             trace.record_to = path
         trace._start(duration, run, progress)
-    with _lock:
-        _traces[name] = trace
+    running.add(name, trace)
     _register_atexit()
     return trace
 
 
 def _no_live_trace():
     raise AssertionError("a replayed background trace never traces live")
-
-
-def _free_name(name: str | None) -> str:
-    """The trace's name, after checking it is one and no running trace has it."""
-    with _lock:
-        if name is None:
-            name = f"trace{len(_traces) + 1}"
-            while name in _traces:
-                name += "_"
-        if not _NAME.match(name):
-            raise BadArguments(f"background trace name {name!r}: use a Python identifier")
-        old = _traces.get(name)
-        if old is not None and old.running:
-            raise BadArguments(
-                f"a background trace named {name} is running; stop it first "
-                f"(%bpf --stop {name}, or {name}.stop()) or choose another name"
-            )
-    return name
-
-
-def sessions() -> dict[str, BackgroundTrace]:
-    """The background traces, running or ended but not yet stopped, by name."""
-    with _lock:
-        return dict(_traces)
-
-
-def get(name: str) -> BackgroundTrace:
-    with _lock:
-        trace = _traces.get(name)
-        known = ", ".join(_traces) or "none"
-    if trace is None:
-        raise BadArguments(f"no background trace named {name!r} (running: {known})")
-    return trace
 
 
 def stop_all(why: str = "stop_all()") -> dict:
@@ -365,18 +335,6 @@ def table():
         for t in sessions().values()
     ]
     return pd.DataFrame(rows, columns=["name", "status", "seconds", "events", "attached"])
-
-
-def check_trace_pipe(session: Session) -> None:
-    """A program that prints needs trace_pipe, which only one reader can hold."""
-    for trace in sessions().values():
-        if trace.session is not session and trace.running and trace.session.printk is not None:
-            raise AttachError(
-                f"bpf_trace_printk() output is read from trace_pipe, which background trace "
-                f"{trace.name} holds. Stop it first (%bpf --stop {trace.name}, or "
-                f"{trace.name}.stop()), or send events through BPF_PERF_OUTPUT or "
-                "BPF_RINGBUF_OUTPUT instead."
-            )
 
 
 def _at_exit() -> None:
