@@ -307,16 +307,18 @@ class Output:
     attached: threading.Event = field(default_factory=threading.Event)
 
     def feed(self, line: str) -> None:
+        """One line of ``bpftrace -f json``; a line of another shape is kept in ``other``."""
         self.lines += 1
         line = line.strip()
         if not line:
             return  # bpftrace prints blank lines before its maps
         try:
             msg = json.loads(line)
-            kind, data = msg["type"], msg.get("data")
-        except (ValueError, KeyError, TypeError):
+            self._message(msg["type"], msg.get("data"))
+        except (ValueError, KeyError, TypeError, AttributeError):
             self.other.append(line)
-            return
+
+    def _message(self, kind: str, data) -> None:
         if kind == "attached_probes":
             self.attached_probes = int(data["probes"])
         elif kind in ("printf", "time", "value", "join"):
@@ -329,12 +331,12 @@ class Output:
             self.printf.append(text)
             self.received.append(time.time())
         elif kind in ("map", "hist", "stats"):
-            for name, value in (data or {}).items():
+            for name, value in data.items():
                 self.maps[name] = (kind, value)
         elif kind == "lost_events":
-            self.lost += int(data.get("events", 0))
+            self.lost += int(data["events"])
         else:
-            self.other.append(line)
+            raise KeyError(kind)
 
     def lines_frame(self):
         """printf output as one row per line: ``received`` (when ebpfkit read it), ``message``."""
@@ -823,8 +825,13 @@ class Bpftrace:
         return result
 
     def _read(self, proc: subprocess.Popen) -> None:
+        # Whatever a line holds, this thread reads on: a stalled pipe would stall bpftrace.
         for raw in proc.stdout:
-            self.output.feed(raw.decode("utf-8", "replace"))
+            text = raw.decode("utf-8", "replace")
+            try:
+                self.output.feed(text)
+            except Exception:  # a message of a shape this version does not know
+                self.output.other.append(text.strip())
 
     def _wait_attached(self, proc: subprocess.Popen, reader: threading.Thread) -> None:
         """Until our BEGIN marker arrives: every probe of the script is attached."""

@@ -609,3 +609,26 @@ def test_text_view_and_stop_button(tmp_path, capsys):
     assert r.stopped_by == "stop button" and r.duration < 10
     assert r.maps["@calls"].value.tolist() == [0]  # printed by bpftrace as it stopped
     assert not _alive(run.pid) and _workload_pids("34.5") == []
+
+
+def test_odd_lines_kept_aside_and_empty_maps():
+    out = bt.parse_lines(
+        [
+            "not json",
+            '{"type": "attached_probes", "data": {}}',
+            '{"type": "something_new", "data": 1}',
+            '{"type": "map", "data": {"@empty": {}}}',
+            '{"type": "hist", "data": {"@none": []}}',
+            '{"type": "value", "data": 5}',
+        ]
+    )
+    assert out.other == [
+        "not json",
+        '{"type": "attached_probes", "data": {}}',
+        '{"type": "something_new", "data": 1}',
+    ]
+    assert list(out.lines_frame().message) == ["5"]
+    empty = bt.map_frame("@empty", *out.maps["@empty"])
+    assert list(empty.columns) == ["value"] and len(empty) == 0
+    none = bt.map_frame("@none", *out.maps["@none"])
+    assert list(none.columns) == ["low", "high", "count"] and len(none) == 0
