@@ -16,10 +16,11 @@ values below an lhist's range or negative ones, and above it, run to the int64
 limits). ``printf`` output is ``result.printk``, one row per line, and its events that
 bpftrace's perf buffer dropped are ``result.lost["printf"]``.
 
-The life of a cell, whatever ends it: bpftrace is started in a session of its own; an
+The life of a cell, whatever ends it: bpftrace is started in a session of its own; a
 ``BEGIN`` marker of ours (kept out of the output) says that every probe is attached;
 then the workload starts (``--run``), in its own process group. At the duration, the
-workload's exit, or Ctrl-C, bpftrace gets SIGINT and prints its maps; if it does not end
+workload's exit, the live view's Stop button or Ctrl-C, bpftrace gets SIGINT and prints
+its maps; if it does not end
 in time, or anything goes wrong, it is killed, and the workload's group with it.
 bpftrace's errors are shown with the cell's own line numbers.
 """
@@ -836,17 +837,16 @@ class Bpftrace:
     def _wait_attached(self, proc: subprocess.Popen, reader: threading.Thread) -> None:
         """Until our BEGIN marker arrives: every probe of the script is attached."""
         deadline = time.monotonic() + START_TIMEOUT
-        while not self.output.attached.wait(POLL):
+        while not self.output.attached.is_set():
             if proc.poll() is not None:
                 reader.join(timeout=STOP_TIMEOUT)  # the marker may still be in the pipe
                 if self.output.attached.is_set():
                     break
                 # What it said before it ended is in its stderr, read once it has ended.
                 raise _Refused()
-            if time.monotonic() > deadline:
-                raise AttachError(
-                    f"bpftrace did not attach its probes within {START_TIMEOUT:.0f} s"
-                )
+            if time.monotonic() >= deadline:
+                raise AttachError(f"bpftrace did not attach its probes within {START_TIMEOUT:g} s")
+            self.output.attached.wait(POLL)
         # bpftrace 0.17 skips a uprobe whose symbol it cannot find, if anything else attaches.
         special = len({"BEGIN", "END"} & {*self.script.probes, "BEGIN"})
         counted = self.output.attached_probes

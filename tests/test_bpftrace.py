@@ -632,3 +632,17 @@ def test_odd_lines_kept_aside_and_empty_maps():
     assert list(empty.columns) == ["value"] and len(empty) == 0
     none = bt.map_frame("@none", *out.maps["@none"])
     assert list(none.columns) == ["low", "high", "count"] and len(none) == 0
+
+
+@needs_root
+@needs_bpftrace
+def test_start_timeout_kills_bpftrace(monkeypatch):
+    from ebpfkit.errors import AttachError
+
+    monkeypatch.setattr(bt, "START_TIMEOUT", 0.0)  # it cannot attach that fast
+    run = bt.Bpftrace("tracepoint:syscalls:sys_enter_getppid { @c = count(); }")
+    with pytest.raises(AttachError):
+        run.run(duration=5, workload="sleep 35.5")
+    assert run.pid is not None and not _alive(run.pid)
+    assert _held_by(run.pid) == set()
+    assert _workload_pids("35.5") == []  # never started: the probes never attached
