@@ -644,6 +644,50 @@ def check_duration(duration: float | None) -> None:
         )
 
 
+class _Workload:
+    """The ``--run`` command: started once the probes are attached, killed with its group."""
+
+    def __init__(self, command: str):
+        self.command = command
+        self.proc: subprocess.Popen | None = None
+        self.out = self.copier = None
+        self.ended_after: float | None = None
+
+    def start(self) -> None:
+        from .session import _start_workload
+
+        self.out = tempfile.TemporaryFile()
+        self.proc, self.copier = _start_workload(self.command, self.out)
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def kill(self) -> None:
+        from .session import _kill_group
+
+        if self.proc is not None:
+            _kill_group(self.proc)
+
+    def fill(self, result: TraceResult) -> None:
+        """Its exit code and output in the result; a warning if it failed at once."""
+        if self.proc is None:
+            return
+        code = result.exit_code = self.proc.returncode
+        self.copier.join(timeout=1)
+        result.workload_error = self.copier.text()
+        self.out.seek(0)
+        result.output = self.out.read().decode("utf-8", "replace")
+        self.out.close()
+        if code and self.ended_after is not None and self.ended_after < QUICK_FAILURE:
+            said = result.workload_message()
+            result.warnings.append(
+                f"the workload failed at once: `{self.command}` exited with code {code} "
+                f"after {self.ended_after:.2f} s"
+                + (f" ({said})" if said else "")
+                + ", so the trace saw little or nothing of it"
+            )
+
+
 class _LiveLines:
     """bpftrace's printf output as ebpfkit.live reads a buffer: counts and the last rows."""
 
@@ -684,6 +728,7 @@ class Bpftrace:
         self.script = Script(text)
         self.pid: int | None = None
         self.proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
         self.output = Output(marker=self.script.marker)
         # What ebpfkit.live's views read off a trace, as they read a Session: the printf
         # output as the one buffer (none for a script that prints nothing), no printk.
@@ -730,100 +775,99 @@ class Bpftrace:
         return result
 
     def _run(self, duration, workload, progress) -> TraceResult:
-        from .session import _kill_group, _start_workload
-
         require_privileges()
         exe = bpftrace_path()
         limit = duration or (WORKLOAD_LIMIT if workload else DEFAULT_DURATION)
-        workdir = tempfile.mkdtemp(prefix="ebpfkit-bpftrace-")
-        path = Path(workdir) / FILENAME
-        path.write_text(self.script.final)
-        errfile = open(Path(workdir) / "stderr", "w+b")  # noqa: SIM115 - closed in finally
-        proc = wl = out = copier = None
-        reader = None
-        stopped_by, ended_after, refused = "duration", None, False
-        start = elapsed = time.monotonic()
+        wl = _Workload(workload) if workload else None
+        workdir = Path(tempfile.mkdtemp(prefix="ebpfkit-bpftrace-"))
+        stopped_by, elapsed = "", 0.0
         try:
-            self.proc = proc = subprocess.Popen(
-                [exe, "-f", "json", str(path)],
-                stdout=subprocess.PIPE,
-                stderr=errfile,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in a terminal reaches us, not it
-                cwd=workdir,
-            )
-            self.pid = proc.pid
-            reader = threading.Thread(
-                target=self._read, args=(proc,), daemon=True, name="ebpfkit-bpftrace"
-            )
-            reader.start()
-            try:
-                self._wait_attached(proc, reader)
-            except _Refused:
-                refused = True
-            start = time.monotonic()
-            if refused:
-                workload = None
-                limit = 0
-            if workload:
-                out = tempfile.TemporaryFile()
-                wl, copier = _start_workload(workload, out)
-            try:
-                while True:
-                    elapsed = time.monotonic() - start
-                    if elapsed >= limit:
-                        break
-                    if proc.poll() is not None:
-                        stopped_by = "exit()" if proc.returncode == 0 else "bpftrace"
-                        break
-                    if wl is not None and wl.poll() is not None:
-                        stopped_by = "workload exit"
-                        ended_after = time.monotonic() - start
-                        break
-                    if progress:
-                        progress(self, elapsed)
-                    if self.stop_reason:
-                        stopped_by = self.stop_reason
-                        break
-                    time.sleep(min(POLL, max(limit - elapsed, 0.001)))
-            except KeyboardInterrupt:
-                stopped_by = "interrupt"
-            elapsed = time.monotonic() - start
-            self._stop(proc)
-            reader.join(timeout=STOP_TIMEOUT)
+            with open(workdir / "stderr", "w+b") as errfile:
+                try:
+                    if self._start(exe, workdir, errfile):
+                        stopped_by, elapsed = self._trace(limit, wl, progress)
+                finally:
+                    self._end(wl)  # whatever happened: nothing of this cell runs on
+                errfile.seek(0)
+                stderr = errfile.read().decode("utf-8", "replace")
         finally:
-            if proc is not None and proc.poll() is None:
-                _kill(proc)
-            if proc is not None and proc.stdout is not None:
-                proc.stdout.close()
-            if wl is not None:
-                _kill_group(wl)
-            errfile.seek(0)
-            stderr = errfile.read().decode("utf-8", "replace")
-            errfile.close()
             shutil.rmtree(workdir, ignore_errors=True)
-        if refused:
+        if not stopped_by:  # bpftrace ended before its probes were attached
             errors, _ = diagnostics(stderr, self.script)
             raise _error_for(errors, self.script, stderr)
-        result = self._result(stderr, proc.returncode)
-        result.duration = elapsed
-        result.stopped_by = stopped_by
+        result = self._result(stderr, self.proc.returncode)
+        result.duration, result.stopped_by = elapsed, stopped_by
         if wl is not None:
-            result.exit_code = wl.returncode
-            copier.join(timeout=1)
-            result.workload_error = copier.text()
-            out.seek(0)
-            result.output = out.read().decode("utf-8", "replace")
-            out.close()
-            if wl.returncode and ended_after is not None and ended_after < QUICK_FAILURE:
-                said = result.workload_message()
-                result.warnings.append(
-                    f"the workload failed at once: `{workload}` exited with code "
-                    f"{wl.returncode} after {ended_after:.2f} s"
-                    + (f" ({said})" if said else "")
-                    + ", so the trace saw little or nothing of it"
-                )
+            wl.fill(result)
         return result
+
+    def _start(self, exe: str, workdir: Path, errfile) -> bool:
+        """Start bpftrace: True once its probes are attached, False if it ended before."""
+        path = workdir / FILENAME
+        path.write_text(self.script.final)
+        self.proc = subprocess.Popen(
+            [exe, "-f", "json", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=errfile,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, not it
+            cwd=workdir,
+        )
+        self.pid = self.proc.pid
+        self._reader = threading.Thread(
+            target=self._read, args=(self.proc,), daemon=True, name="ebpfkit-bpftrace"
+        )
+        self._reader.start()
+        try:
+            self._wait_attached(self.proc, self._reader)
+        except _Refused:
+            return False
+        return True
+
+    def _trace(self, limit: float, wl: _Workload | None, progress) -> tuple[str, float]:
+        """Start the workload, wait for the end, stop bpftrace: (what ended it, seconds)."""
+        proc = self.proc
+        start = time.monotonic()
+        if wl is not None:
+            wl.start()
+        stopped_by = "duration"
+        try:
+            while True:
+                elapsed = time.monotonic() - start
+                if elapsed >= limit:
+                    break
+                if proc.poll() is not None:
+                    stopped_by = "exit()" if proc.returncode == 0 else "bpftrace"
+                    break
+                if wl is not None and wl.exited():
+                    stopped_by = "workload exit"
+                    wl.ended_after = time.monotonic() - start
+                    break
+                if progress:
+                    progress(self, elapsed)
+                if self.stop_reason:
+                    stopped_by = self.stop_reason
+                    break
+                time.sleep(min(POLL, max(limit - elapsed, 0.001)))
+        except KeyboardInterrupt:
+            stopped_by = "interrupt"
+        elapsed = time.monotonic() - start
+        self._stop(proc)
+        self._reader.join(timeout=STOP_TIMEOUT)
+        return stopped_by, elapsed
+
+    def _end(self, wl: _Workload | None) -> None:
+        """bpftrace killed if it still runs, its pipe closed, the workload's group killed."""
+        proc = self.proc
+        if proc is not None:
+            if proc.poll() is None:
+                _kill(proc)
+            if self._reader is not None:
+                self._reader.join(timeout=5)  # at the end of the pipe now that it has ended
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if wl is not None:
+            wl.kill()
 
     def _read(self, proc: subprocess.Popen) -> None:
         # Whatever a line holds, this thread reads on: a stalled pipe would stall bpftrace.

@@ -646,3 +646,12 @@ def test_start_timeout_kills_bpftrace(monkeypatch):
     assert run.pid is not None and not _alive(run.pid)
     assert _held_by(run.pid) == set()
     assert _workload_pids("35.5") == []  # never started: the probes never attached
+
+
+@needs_root
+@needs_bpftrace
+def test_a_workload_that_fails_at_once_is_said(shell):
+    r = bpftrace_cell(shell, '--run "no-such-command-bt"', "BEGIN { @x = count(); }")
+    assert r.exit_code == 127 and r.stopped_by == "workload exit"
+    assert "no-such-command-bt" in r.workload_error
+    assert any("failed at once" in w for w in r.warnings), r.warnings
