@@ -430,13 +430,10 @@ def _key_rows(
         names = []
         for c in range(arity):
             stacky = split and all(_STACK.fullmatch(p[c]) for p in split)
-            names.append(
-                "stack"
-                if stacky and arity == 1
-                else f"key{c}"
-                if not stacky
-                else f"stack{c}_frames"
-            )
+            if not stacky:
+                names.append(f"key{c}")
+            else:  # which kind of stack the text does not say: plain "stack" for one
+                names.append("stack" if arity == 1 else f"stack{c}_frames")
     if arity == 1 and names == ["key0"]:
         names = ["key"]
     return split, names
@@ -459,7 +456,6 @@ def _key_columns(df, names: list[str]) -> None:
 
 
 def map_frame(
-    name: str,
     kind: str,
     data,
     key_names: list[str] | None = None,
@@ -473,7 +469,6 @@ def map_frame(
     """
     import pandas as pd
 
-    del name
     if kind == "hist":
         sections = data if isinstance(data, dict) else {None: data}
         keys = [k for k in sections if k is not None]
@@ -927,15 +922,17 @@ class Bpftrace:
             result.warnings.append(
                 f"bpftrace ended with code {returncode}" + (f": {said}" if said else "")
             )
-        for name in self.script.maps:
-            if name not in out.maps:
-                import pandas as pd
+        import pandas as pd
 
-                result.maps[name] = pd.DataFrame()  # named in the script, never filled
-        for name, (kind, data) in out.maps.items():
-            result.maps[name] = map_frame(
-                name, kind, data, self.script.keys.get(name), self.script.text_keys.get(name)
-            )
+        # In the script's order; a map it names that bpftrace never printed (never
+        # filled, or emptied) is an empty frame, so that r.maps["@x"] is always there.
+        for name in [*self.script.maps, *(n for n in out.maps if n not in self.script.maps)]:
+            if name not in out.maps:
+                result.maps[name] = pd.DataFrame()
+                continue
+            kind, data = out.maps[name]
+            keys, text = self.script.keys.get(name), self.script.text_keys.get(name)
+            result.maps[name] = map_frame(kind, data, keys, text)
         result.printk = out.lines_frame()
         result.lost["printf"] = out.lost
         if out.lost:

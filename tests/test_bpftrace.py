@@ -77,7 +77,7 @@ def frame(name):
     out = saved()
     kind, data = out.maps[name]
     script = bt.Script(SAVED_SCRIPT)
-    return bt.map_frame(name, kind, data, script.keys.get(name), script.text_keys.get(name))
+    return bt.map_frame(kind, data, script.keys.get(name), script.text_keys.get(name))
 
 
 def test_parse_printf_lines_lost_and_marker():
@@ -104,7 +104,7 @@ def test_count_map_keys_as_columns():
     assert list(s.columns) == ["value"] and s.value.tolist() == [55]
     # A map the script names without a key: "key" as %%bpf's maps have it.
     out = saved()
-    plain = bt.map_frame("@str", *out.maps["@str"])
+    plain = bt.map_frame(*out.maps["@str"])
     assert plain.to_dict("records") == [{"key": "bash", "value": 48}, {"key": 'q"uote', "value": 1}]
 
 
@@ -112,9 +112,9 @@ def test_stats_and_avg():
     st = frame("@st")
     assert st.to_dict("records") == [{"count": 55, "average": 7068, "total": 388767}]
     out = saved()
-    keyed = bt.map_frame("@st2", *out.maps["@st2"])
+    keyed = bt.map_frame(*out.maps["@st2"])
     assert keyed.to_dict("records") == [{"key": "k", "count": 1, "average": 4, "total": 4}]
-    avg = bt.map_frame("@avg", *out.maps["@avg"])
+    avg = bt.map_frame(*out.maps["@avg"])
     assert avg.value.tolist() == [7068]
 
 
@@ -242,6 +242,8 @@ def test_count_equals_workload_and_bpf(shell, getppid_loop):
     df = r.maps["@calls"]
     assert list(df.columns) == ["comm", "value"]
     assert df.to_dict("records") == [{"comm": name, "value": calls}]
+    ax = r.plot_top("@calls")  # the same pictures as a %%bpf count map
+    assert [int(p.get_width()) for p in ax.patches] == [calls]
 
     c = bpf(shell, f'--run "{getppid_loop} {name} {calls}"', COUNT_C)
     by_comm = c.maps["calls"]
@@ -299,9 +301,15 @@ def test_duration_exit_and_braces_survive(shell):
     r = bpftrace_cell(shell, "-d 0.5", 'BEGIN { $x = 2; printf("{%d}\\n", $x); }')
     assert r.printk.message.tolist() == ["{2}"]
     assert r.stopped_by == "duration" and 0.5 <= r.duration < 3
-    r = bpftrace_cell(shell, "-d 30", "BEGIN { @one = count(); exit(); }")
+    cell = (
+        "BEGIN { @one = count(); exit(); }\n"
+        'tracepoint:syscalls:sys_enter_getppid /comm == "bt-nobody"/ { @never[pid] = count(); }'
+    )
+    r = bpftrace_cell(shell, "-d 30", cell)
     assert r.stopped_by == "exit()" and r.duration < 10
+    assert list(r.maps) == ["@one", "@never"]  # the script's maps, in its order
     assert r.maps["@one"].value.tolist() == [1]
+    assert r.maps["@never"].empty  # never filled, so bpftrace printed nothing of it
 
 
 @needs_root
@@ -628,9 +636,9 @@ def test_odd_lines_kept_aside_and_empty_maps():
         '{"type": "something_new", "data": 1}',
     ]
     assert list(out.lines_frame().message) == ["5"]
-    empty = bt.map_frame("@empty", *out.maps["@empty"])
+    empty = bt.map_frame(*out.maps["@empty"])
     assert list(empty.columns) == ["value"] and len(empty) == 0
-    none = bt.map_frame("@none", *out.maps["@none"])
+    none = bt.map_frame(*out.maps["@none"])
     assert list(none.columns) == ["low", "high", "count"] and len(none) == 0
 
 
