@@ -75,8 +75,9 @@ class _Finder(importlib.abc.MetaPathFinder):
         found = importlib.machinery.PathFinder.find_spec(fullname)
         if found is not None and _looks_real(found):
             return found
-        for folder in candidates():
-            return _spec_at(folder)
+        folders = candidates()
+        if folders:
+            return _spec_at(folders[0])
         return None  # Python's own search goes on, and finds what it finds
 
 
