@@ -51,6 +51,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from . import ctext
 from .btf import Btf, Kind
 from .layout import ABI_STRUCTS, records_layout
 
@@ -166,22 +167,6 @@ def _record_target(btf: Btf, tid: int) -> tuple[int, bool]:
 
 
 # ------------------------------------------------------------------ the source
-
-
-_COMMENT_OR_STRING = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"', re.S)
-
-
-def _strip_comments(source: str, strings: bool = False) -> str:
-    """Comments blanked, newlines kept (so lines still line up); string literals
-    emptied too if ``strings`` (their text is not code)."""
-
-    def blank(m: re.Match) -> str:
-        text = m.group(0)
-        if text[0] == '"':
-            return '""' if strings else text
-        return re.sub(r"[^\n]", " ", text)
-
-    return _COMMENT_OR_STRING.sub(blank, source)
 
 
 def _names_used(code: str) -> set[str]:
@@ -442,8 +427,8 @@ def build_prelude(source: str, btf: Btf | None = None) -> Prelude:
     Its text includes the program's own ``#include`` lines, so it must come
     before anything that could include a kernel header.
     """
-    code = _strip_comments(source)
-    bare = _strip_comments(source, strings=True)
+    code = ctext.blank(source, literals=False)  # #include "..." lines keep their names
+    bare = ctext.blank(source)
     names = _names_used(bare)
     roots, defined = _records(bare)
     if not names or not roots:

@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from . import ctext
 from ._stderr import capture_stderr
 from .errors import CompileError, MapRefused, VerifierError
 from .exact import Prelude
@@ -150,19 +151,26 @@ def _no_wakeup(call: str, method: str) -> str:
     return call[: open_at + 1] + ",".join(args) + ")"
 
 
-def _rewrite_calls(text: str, name: str, method: str, rewrite) -> str:
-    pattern = re.compile(rf"\b{name}\s*\.\s*{method}\s*\(")
-    pos = 0
-    while True:
-        m = pattern.search(text, pos)
-        if not m:
-            return text
-        end = _match_paren(text, m.end() - 1)
+def _rewrite_calls(text: str, pattern: re.Pattern, rewrite) -> str:
+    """Each call that ``pattern`` finds in the code (not in comments or literals), from its
+    name to its closing parenthesis, replaced by ``rewrite(call)``."""
+    code = ctext.blank(text)
+    calls, last = [], 0
+    for m in pattern.finditer(code):
+        if m.start() < last:
+            continue  # inside the arguments of the call before: rewritten with it
+        end = _match_paren(code, m.end() - 1)
         if end < 0:
-            return text
-        new = rewrite(text[m.start() : end])
-        text = text[: m.start()] + new + text[end:]
-        pos = m.start() + len(new)
+            break  # unbalanced: clang will say where
+        calls.append((m.start(), end))
+        last = end
+    for start, end in reversed(calls):
+        text = text[:start] + rewrite(text[start:end]) + text[end:]
+    return text
+
+
+def _method_call(name: str, method: str) -> re.Pattern:
+    return re.compile(rf"\b{name}\s*\.\s*{method}\s*\(")
 
 
 def count_losses(text: str, buffers: list[tuple[str, str]]) -> str:
@@ -177,7 +185,9 @@ def count_losses(text: str, buffers: list[tuple[str, str]]) -> str:
         if kind == "ring":
             for method in _COMMITS:
                 text = _rewrite_calls(
-                    text, name, method, lambda call, method=method: _no_wakeup(call, method)
+                    text,
+                    _method_call(name, method),
+                    lambda call, method=method: _no_wakeup(call, method),
                 )
         for method, rtype, failed in _WRITES[kind]:
 
@@ -187,7 +197,7 @@ def count_losses(text: str, buffers: list[tuple[str, str]]) -> str:
                     f"u64 *__v = {LOST_MAP}.lookup(&__k); if (__v) (*__v)++; }} __r; }})"
                 )
 
-            text = _rewrite_calls(text, name, method, wrap)
+            text = _rewrite_calls(text, _method_call(name, method), wrap)
     return text
 
 
@@ -204,36 +214,31 @@ def count_printk(text: str, tag: str | None) -> tuple[str, bool]:
     Returns the text and whether every call's format could be tagged.
     """
     tagged = True
-    pos = 0
-    while True:
-        m = _PRINTK_CALL.search(text, pos)
-        if not m:
-            return text, tagged
-        end = _match_paren(text, m.end() - 1)
-        if end < 0:
-            return text, False
-        call = text[m.start() : end]
-        if tag is not None and _LITERAL_FIRST.match(call[m.end() - m.start() :]):
-            at = m.end() - m.start()
+
+    def wrap(call: str) -> str:
+        nonlocal tagged
+        at = call.index("(") + 1
+        if tag is not None and _LITERAL_FIRST.match(call[at:]):
             call = f'{call[:at]}"{tag}" {call[at:].lstrip()}'
         else:
             tagged = False
-        new = (
+        return (
             f"({{ int __p = {call}; if (__p > 0) {{ int __k = 0; "
             f"u64 *__v = {PRINTK_MAP}.lookup(&__k); if (__v) (*__v)++; }} __p; }})"
         )
-        text = text[: m.start()] + new + text[end:]
-        pos = m.start() + len(new)
+
+    return _rewrite_calls(text, _PRINTK_CALL, wrap), tagged
 
 
 def inject_filter(text: str, fn_names: set[str]) -> str:
     """Start each probe function with the pid/comm filter, on the same line."""
+    code = ctext.blank(text)  # a definition in a comment is not one
     spots = []
-    for m in _FUNC_DEF.finditer(text):
+    for m in _FUNC_DEF.finditer(code):
         name = m.group(1)
         if name in fn_names or name.startswith(AUTO_PREFIXES):
             spots.append(m.end())
-    spots += [m.end() for m in _MACRO_DEF.finditer(text)]
+    spots += [m.end() for m in _MACRO_DEF.finditer(code)]
     for pos in sorted(spots, reverse=True):
         text = text[:pos] + " if (__ebpfkit_skip()) return 0; " + text[pos:]
     return text
@@ -243,9 +248,10 @@ def prepare(
     text: str, pid: int | None = None, comm: str | None = None, fn_names: set[str] | None = None
 ) -> Source:
     src = Source(text=text)
-    src.ring_buffers = _RINGBUF_DECL.findall(text)
-    src.perf_buffers = _PERF_DECL.findall(text)
-    src.uses_printk = bool(_PRINTK_CALL.search(text))
+    code = ctext.blank(text)  # what is declared and called, not what comments mention
+    src.ring_buffers = _RINGBUF_DECL.findall(code)
+    src.perf_buffers = _PERF_DECL.findall(code)
+    src.uses_printk = bool(_PRINTK_CALL.search(code))
     prelude = INCLUDES
     body = text
     buffers = src.buffers()

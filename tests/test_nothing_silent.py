@@ -105,6 +105,24 @@ def test_other_programs_printk_lines_are_not_ours(loop):
     assert len(r.printk) + r.lost["printk"] == calls
 
 
+def test_printk_named_in_comments_and_strings_is_still_ours(loop):
+    """Only calls are rewritten: a comment or a string that names bpf_trace_printk() is not
+    one, and must not keep the real call from being tagged (lesson 01's program has both)."""
+    source = r"""
+/* prints through bpf_trace_printk(), once per call; a ')' here closes nothing */
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    // bpf_trace_printk( in a comment
+    bpf_trace_printk("said bpf_trace_printk() (%d)\n", 1);
+    return 0;
+}
+"""
+    calls = 25
+    r = trace(source, run=f"{loop} {calls}", comm=COMM)
+    assert set(r.printk["message"]) == {"said bpf_trace_printk() (1)"}  # the tag is cut off
+    assert r.printk_written == calls
+    assert len(r.printk) + r.lost["printk"] == calls
+
+
 # --- a cell that attaches nothing --------------------------------------------------------
 
 
