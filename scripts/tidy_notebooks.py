@@ -1,8 +1,10 @@
-"""Keep the lessons' diffs about the lessons: drop each cell's execution timestamps.
+"""Keep the lessons' diffs about the lessons, and their answers hidden.
 
 nbconvert and JupyterLab write ``metadata.execution`` (when each cell started and ended)
-into every code cell they run, so a re-run changes every cell even where nothing else did.
-The outputs stay; only those timestamps go.
+into every code cell they run, so a re-run changes every cell even where nothing else did:
+those timestamps go, the outputs stay. Except in solutions: a code cell whose source is
+hidden is an exercise's solution, and its output would show the answer under the question,
+so its outputs and execution count go too (tests/test_lessons_exercises.py checks both).
 
     python3 scripts/tidy_notebooks.py [NOTEBOOK.ipynb ...]   (default: notebooks/*.ipynb)
     python3 scripts/tidy_notebooks.py --check ...            (exit 1 if any has timestamps)
@@ -20,11 +22,15 @@ LESSONS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def tidy(nb: nbformat.NotebookNode) -> int:
-    """Drop the timestamps in place; how many cells had them."""
+    """Drop the timestamps, and solutions' outputs, in place; how many cells changed."""
     n = 0
     for cell in nb.cells:
-        if cell.get("metadata", {}).pop("execution", None) is not None:
-            n += 1
+        changed = cell.get("metadata", {}).pop("execution", None) is not None
+        hidden = cell.get("metadata", {}).get("jupyter", {}).get("source_hidden")
+        if cell.cell_type == "code" and hidden and (cell.outputs or cell.execution_count):
+            cell.outputs, cell.execution_count = [], None
+            changed = True
+        n += changed
     return n
 
 
@@ -42,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                 nbformat.write(nb, path)
     verb = "has" if args.check else "had"
     for path in untidy:
-        print(f"{path}: {verb} execution timestamps" + ("" if args.check else " (removed)"))
+        what = "execution timestamps or solutions' outputs"
+        print(f"{path}: {verb} {what}" + ("" if args.check else " (removed)"))
     return 1 if args.check and untidy else 0
 
 

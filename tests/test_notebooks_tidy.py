@@ -50,3 +50,21 @@ def test_tidying_keeps_outputs_and_drops_only_the_timestamps(tmp_path):
     again = nbformat.read(path, as_version=4).cells[1]
     assert again.metadata == {"tags": ["nbval-ignore-output"]}
     assert again.outputs == cell.outputs and again.execution_count == 3
+
+
+def test_tidying_empties_solutions_and_only_them(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    shown = nbformat.v4.new_code_cell("print(1)", execution_count=1)
+    solution = nbformat.v4.new_code_cell("print(60)", execution_count=2)
+    for cell, text in ((shown, "1\n"), (solution, "60\n")):
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+    solution.metadata = {"jupyter": {"source_hidden": True}}
+    nb.cells = [shown, nbformat.v4.new_markdown_cell("**Solution** (click to reveal)"), solution]
+    path = tmp_path / "t.ipynb"
+    nbformat.write(nb, path)
+    assert tidy_notebooks.main(["--check", str(path)]) == 1
+    assert tidy_notebooks.main([str(path)]) == 0
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[0].outputs[0].text == "1\n" and cells[0].execution_count == 1
+    assert cells[2].outputs == [] and cells[2].execution_count is None
+    assert cells[2].source == "print(60)"
