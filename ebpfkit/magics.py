@@ -11,7 +11,8 @@ from traitlets.config import Configurable
 
 from . import channels, recording
 from .errors import BadArguments
-from .session import Session, check_duration, load
+from .kinds import KINDS
+from .session import Run, Session, load, printer
 from .sources import read_program
 
 
@@ -23,6 +24,20 @@ def _hist(values: list[str] | None) -> dict[str, str]:
             raise BadArguments(f"--hist {v!r}: give NAME=log2 or NAME=linear")
         out[name] = kind
     return out
+
+
+def _probe_options(func):
+    """The magic's option of each probe kind (-k/--kprobe ...), from the registry, in its order."""
+    for kind in reversed(KINDS.values()):
+        func = argument(
+            kind.short, kind.option, action="append", metavar=kind.metavar, help=kind.help
+        )(func)
+    return func
+
+
+def _given(args) -> dict:
+    """The options as given (those set), kept with a background trace's recording."""
+    return {k: v for k, v in vars(args).items() if v is not None and v is not False}
 
 
 @magics_class
@@ -58,52 +73,10 @@ class BpfMagics(Magics, Configurable):
         Magics.__init__(self, shell=shell)
         self.shell.configurables.append(self)
 
+    # long: by its docstring alone, which is what %%bpf? shows
     @no_var_expand
     @magic_arguments()
-    @argument(
-        "-k",
-        "--kprobe",
-        action="append",
-        metavar="FUNC[=fn]",
-        help="attach fn to the entry of kernel function FUNC, e.g. -k do_sys_openat2",
-    )
-    @argument(
-        "-K",
-        "--kretprobe",
-        action="append",
-        metavar="FUNC[=fn]",
-        help="attach fn to the return of kernel function FUNC",
-    )
-    @argument(
-        "-t",
-        "--tracepoint",
-        action="append",
-        metavar="CAT:EVENT[=fn]",
-        help="attach fn to a tracepoint, e.g. -t syscalls:sys_enter_openat",
-    )
-    @argument(
-        "-u",
-        "--uprobe",
-        action="append",
-        metavar="BIN:SYM[=fn]",
-        help="attach fn to a user function: a library name or path, then the symbol, "
-        "e.g. -u c:malloc or -u /bin/bash:readline",
-    )
-    @argument(
-        "-U",
-        "--uretprobe",
-        action="append",
-        metavar="BIN:SYM[=fn]",
-        help="attach fn to the return of a user function",
-    )
-    @argument(
-        "-P",
-        "--perf",
-        action="append",
-        metavar="EVENT[:HZ][=fn]",
-        help="sample on every CPU: cpu-clock (software) or cycles, instructions "
-        "(hardware, where present), e.g. -P cpu-clock:99",
-    )
+    @_probe_options
     @argument(
         "--fallback",
         action="append",
@@ -251,73 +224,66 @@ class BpfMagics(Magics, Configurable):
                 "no program: write BPF C in the cell below %%bpf, or give a file "
                 "(%bpf --file bpf/exec_tracepoint.c)"
             )
-        probes = {
-            "kprobe": args.kprobe,
-            "kretprobe": args.kretprobe,
-            "tracepoint": args.tracepoint,
-            "uprobe": args.uprobe,
-            "uretprobe": args.uretprobe,
-            "perf": args.perf,
-        }
+        probes = {kind: getattr(args, kind) for kind in KINDS}
         if args.load_only:
             names = load(source, **probes)
             print("loaded into the kernel (not attached): " + (", ".join(names) or "all functions"))
             return None
-        session = Session(
-            source,
-            **probes,
-            pid=args.pid,
-            comm=args.comm,
-            max_events=args.max_events,
-            perf_pages=args.buffer_pages or self.buffer_pages,
-            hist=_hist(args.hist),
-            fallback=args.fallback,
-            exact=not args.headers_layout,
-            memory_budget=args.memory_budget or self.memory_budget,
-            on_budget=args.on_budget or self.on_budget,
-            on_warning=lambda text: print(f"warning: {text}", flush=True),
-            on_note=lambda text: print(f"note: {text}", flush=True),
-        )
-        duration = (
-            args.duration if args.duration is not None else (None if args.run else self.duration)
-        )
-        check_duration(duration)
-        if args.background:
-            return self._start_background(args, session)
-
-        def live():
-            with session:
-                result = session.run(duration=duration, workload=args.run, progress=self.live)
-            result.announced = True
-            result.cell = {"source": source, "options": line}
-            return result
-
-        if args.recording:
-            result = recording.run_or_replay(args.recording, live, source=source)
-        else:
-            result = live()
-        if args.out:
-            self.shell.user_ns[args.out] = result
-        return result
-
-    def _start_background(self, args, session: Session):
-        from . import background
-
-        if args.out:
+        if args.background and args.out:
             raise BadArguments(
                 "--background NAME stores the trace's handle as NAME (its .result after "
                 "NAME.stop()); it takes no --out"
             )
-        # The options as given, kept with a recording (as a foreground cell keeps its line).
-        options = {k: v for k, v in vars(args).items() if v is not None and v is not False}
+        job = self._run_of(args, line, source, probes)
+        session = job.session()  # its options checked before a replay too
+        if args.background:
+            return self._start_background(job, session, args.background)
+        # Live, on_warning and on_note print as it runs; a replay's result shows its own.
+        result = job.trace(session, announced=True)
+        if args.out:
+            self.shell.user_ns[args.out] = result
+        return result
+
+    def _run_of(self, args, line: str, source: str, probes: dict) -> Run:
+        """The run the line asks for: Session's options, with this magic's settings."""
+        return Run(
+            source,
+            {
+                **probes,
+                "pid": args.pid,
+                "comm": args.comm,
+                "max_events": args.max_events,
+                "perf_pages": args.buffer_pages or self.buffer_pages,
+                "hist": _hist(args.hist),
+                "fallback": args.fallback,
+                "exact": not args.headers_layout,
+                "memory_budget": args.memory_budget or self.memory_budget,
+                "on_budget": args.on_budget or self.on_budget,
+                "on_warning": printer("warning"),
+                "on_note": printer("note"),
+            },
+            # In the background, no --duration means until stopped.
+            duration=args.duration
+            if args.duration is not None or args.background
+            else (None if args.run else self.duration),
+            workload=args.run,
+            recording=args.recording,
+            progress=self.live,
+            # The options as given, kept with the result and its recording.
+            shown=_given(args) if args.background else line,
+        )
+
+    def _start_background(self, job: Run, session: Session, name: str):
+        from . import background
+
         trace = background.start_session(
             session,
-            name=args.background,
-            duration=args.duration,
-            run=args.run,
-            progress=self.live,
-            recording_name=args.recording,
-            cell={"source": session.source, "options": options},
+            name=name,
+            duration=job.duration,
+            run=job.workload,
+            progress=job.progress,
+            recording_name=job.recording,
+            cell=job.cell,
         )
         # Live, on_warning and on_note printed as it started; a replay's result shows its own.
         trace.announced = not isinstance(trace, background.ReplayedTrace)

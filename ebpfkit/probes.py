@@ -3,7 +3,8 @@
 Everything here reads the running machine: tracefs for tracepoints and kernel
 functions, ``/proc/config.gz`` for kernel features, the ldconfig cache and PATH
 for binaries, and the ELF files themselves for user-space symbols. Nothing
-imports BCC, so a bad name is caught (with suggestions) before any compile:
+imports BCC at import (syscall names read its table when asked), so a bad name
+is caught (with suggestions) before any compile:
 ``check_tracepoint("sched:sched_swich")`` raises ProbeNotFound with the message
 "No tracepoint sched:sched_swich on this kernel; did you mean: sched:sched_switch, ...?"
 """
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # pandas is imported only when a frame is asked for
 
 __all__ = [
     "check_kernel_function",
+    "check_kernel_function_name",
     "check_symbol",
     "check_tracepoint",
     "elf_symbols",
@@ -42,6 +44,8 @@ __all__ = [
     "list_tracepoints",
     "resolve_binary",
     "suggest",
+    "syscall_name",
+    "syscall_number",
     "tracefs",
     "tracepoint_fields",
     "tracepoint_for",
@@ -450,6 +454,15 @@ def check_kernel_function(name: str, kind: str = "kprobe") -> str:
     available, reason = kprobes_available()
     if not available:
         raise _no_kprobes(name, kind, reason)
+    return check_kernel_function_name(name, kind)
+
+
+def check_kernel_function_name(name: str, kind: str = "kprobe") -> str:
+    """``name`` if the kernel has such a function, whether or not it has kprobes.
+
+    ProbeNotFound with close names otherwise: a misspelt name must not hide behind a
+    tracepoint that stands in for the kprobe on a kernel without them.
+    """
     functions = _kernel_functions()
     if name in _kernel_function_set() or not functions:  # no list: let the attach judge
         return name
@@ -488,6 +501,58 @@ def _function_matches(name: str, functions: tuple[str, ...]) -> list[str]:
             first.append(wrapper)
     first += [f for f in functions if f.startswith(name + ".")][:2]  # do_foo.isra.0
     return list(dict.fromkeys(first + suggest(name, functions, 5)))[:5]
+
+
+# --- system calls (raw_syscalls tracepoints carry their numbers) ----------------------------
+
+_UNISTD = (
+    "/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
+    "/usr/include/aarch64-linux-gnu/asm/unistd.h",
+    "/usr/include/asm/unistd_64.h",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _syscall_table() -> dict[int, str]:
+    """Syscall number -> name: bcc's table, completed from the C library's headers.
+
+    bcc's table (``bcc.syscall``) stops at the syscalls of its day (x86_64: 334, rseq);
+    newer ones (clone3 435, openat2 437 ...) come from asm/unistd_64.h where present.
+    """
+    try:  # bcc's table is plain Python, but importing it loads libbcc: only when asked
+        from bcc import syscall as bcc_syscall
+
+        table = {int(k): v.decode() for k, v in bcc_syscall.syscalls.items()}
+    except ImportError:
+        table = {}
+    for path in _UNISTD:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            continue
+        for name, number in re.findall(r"#define __NR_(\w+)\s+(\d+)", text):
+            table.setdefault(int(number), name)
+        break
+    return table
+
+
+def syscall_name(number: int) -> str:
+    """The name of syscall ``number`` (bcc's table, then the headers); ``syscall_N`` if unknown."""
+    return _syscall_table().get(int(number), f"syscall_{int(number)}")
+
+
+def syscall_number(name: str) -> int:
+    """The number of syscall ``name`` (or of a number given as text); BadArguments, with
+    close names, when there is no such system call."""
+    by_name = {v: k for k, v in _syscall_table().items()}
+    if name in by_name:
+        return by_name[name]
+    if name.isdigit():
+        return int(name)
+    close = suggest(name, sorted(by_name))
+    hint = f"; did you mean: {', '.join(close)}?" if close else ""
+    raise BadArguments(f"--syscall {name!r}: no system call of that name{hint}")
 
 
 # --- binaries and their symbols (uprobes) ---------------------------------------------------

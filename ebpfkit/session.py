@@ -11,19 +11,25 @@ detached and every program and map closed before control returns.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
-from . import attach, channels, exact, frames, layout, probes, program
+from . import attach, channels, exact, frames, kinds, layout, probes, program
 from ._bcc import bcc as _bcc
-from .errors import BadArguments, CompileError, NothingAttached, NotPermitted, ProbeNotFound
+from .errors import BadArguments, NothingAttached, NotPermitted
+from .privileges import require_privileges
 from .result import TraceResult
+from .running import check_trace_pipe
 
 DEFAULT_DURATION = 5.0  # seconds, when there is no workload to wait for
 WORKLOAD_LIMIT = 60.0  # seconds, the default cap while waiting for a workload
@@ -33,6 +39,15 @@ QUICK_FAILURE = 1.0  # s: a workload that fails sooner than this did not really 
 STDERR_TAIL = 4096  # bytes of the workload's stderr kept for the result
 # Tables that are plumbing rather than results.
 _SKIP_TABLES = {frames.PERF_EVENT_ARRAY, frames.RINGBUF, frames.STACK_TRACE, frames.PROG_ARRAY}
+
+
+def time_order(channel: channels.Channel) -> str | None:
+    """The field a buffer's records are sorted by, if any: the program's own timestamp.
+
+    Per-CPU perf buffers interleave their CPUs' records; a ring buffer is in order already.
+    """
+    times = frames.time_fields(channel.dtype) if channel.kind == "perf" and channel.dtype else []
+    return times[0] if times else None
 
 
 def check_duration(duration: float | None) -> None:
@@ -51,19 +66,31 @@ def _as_list(value) -> list[str]:
     return list(value)
 
 
-def require_privileges() -> None:
-    if os.geteuid() == 0:
-        return
-    from .checks import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, capabilities
+def printer(label: str, stream: str = "stdout") -> Callable[[str], None]:
+    """An ``on_warning`` or ``on_note`` that prints ``label: text`` as it comes.
 
-    caps = capabilities()
-    if CAP_SYS_ADMIN in caps or {CAP_BPF, CAP_PERFMON} <= caps:
-        return
-    raise NotPermitted(
-        f"loading tracing programs needs root (or CAP_BPF and CAP_PERFMON); this process runs "
-        f"as uid {os.geteuid()} without them. Start Jupyter with the root kernel "
-        "(`make lab`), or run `sudo ebpfkit ...`."
-    )
+    The notebook prints both to stdout, under the cell; the command line tools send
+    warnings to stderr (``stream="stderr"``), apart from the lines they print.
+    """
+
+    def show(text: str) -> None:
+        # sys.stdout looked up now: IPython swaps it for each cell.
+        print(f"{label}: {text}", file=getattr(sys, stream), flush=True)
+
+    return show
+
+
+def specs_of(given: dict[str, Iterable[str] | str | None]) -> list[attach.Spec]:
+    """The specs of ``{kind: spec or specs}``, in the registry's order of kinds.
+
+    A keyword that names no kind is a TypeError, as for any function, with close names.
+    """
+    unknown = [k for k in given if k not in kinds.KINDS]
+    if unknown:
+        close = probes.suggest(unknown[0], list(kinds.KINDS))
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise TypeError(f"Session() got an unexpected keyword argument {unknown[0]!r}{hint}")
+    return [attach.parse(k, text) for k in kinds.KINDS for text in _as_list(given.get(k))]
 
 
 _AUTO_MACRO = re.compile(
@@ -94,10 +121,11 @@ def check_something_attaches(specs: list[attach.Spec], text: str) -> None:
             f"{', '.join(f + '()' for f in named)} {'are' if len(named) > 1 else 'is'} "
             "neither named the bcc way nor given to an attach option"
         )
+        options = ", ".join(
+            f"{k.short} {k.form}={fn} for a {k.noun}" for k in map(kinds.get, kinds.SUGGESTED)
+        )
         how = (
-            f"attach {fn}() with an option (-t CATEGORY:EVENT={fn} for a tracepoint, "
-            f"-u BINARY:SYMBOL={fn} for a uprobe, -P cpu-clock:99={fn} for a perf event, "
-            f"-k FUNCTION={fn} for a kprobe), or name it the bcc way "
+            f"attach {fn}() with an option ({options}), or name it the bcc way "
             "(TRACEPOINT_PROBE(CATEGORY, EVENT) { ... }, tracepoint__CATEGORY__EVENT, "
             "kprobe__FUNCTION)"
         )
@@ -120,12 +148,6 @@ class Session:
         self,
         source: str,
         *,
-        kprobe: Iterable[str] | str | None = None,
-        kretprobe: Iterable[str] | str | None = None,
-        tracepoint: Iterable[str] | str | None = None,
-        uprobe: Iterable[str] | str | None = None,
-        uretprobe: Iterable[str] | str | None = None,
-        perf: Iterable[str] | str | None = None,
         fallback: Iterable[str] | str | None = None,
         pid: int | None = None,
         comm: str | None = None,
@@ -139,20 +161,11 @@ class Session:
         memory_budget: int | str | None = None,
         on_budget: str = "stop",
         spill_dir: str | None = None,
+        **by_kind: Iterable[str] | str | None,
     ):
+        # The probes by kind, one keyword per entry of kinds.KINDS: kprobe=, tracepoint= ...
         self.source = source
-        self.specs = [
-            attach.parse(kind, text)
-            for kind, values in (
-                ("kprobe", kprobe),
-                ("kretprobe", kretprobe),
-                ("tracepoint", tracepoint),
-                ("uprobe", uprobe),
-                ("uretprobe", uretprobe),
-                ("perf", perf),
-            )
-            for text in _as_list(values)
-        ]
+        self.specs = specs_of(by_kind)
         if comm is not None and len(comm.encode()) > 15:
             raise BadArguments(f"--comm {comm!r}: the kernel keeps only 15 characters of a name")
         if perf_pages <= 0 or perf_pages & (perf_pages - 1):
@@ -178,7 +191,7 @@ class Session:
         self.warnings: list[str] = []
         self.notes: list[str] = []
         # Tracepoints to use instead of the kprobes where the kernel has none.
-        self.fallback = [attach.parse("tracepoint", t) for t in _as_list(fallback)]
+        self.fallback = [attach.parse(kinds.FALLBACK_KIND, t) for t in _as_list(fallback)]
         self.bpf = None
         self.channels: list[channels.Channel] = []
         self.printk: channels.PrintkReader | None = None
@@ -204,26 +217,9 @@ class Session:
 
     def _use_fallback(self) -> None:
         """On a kernel without kprobes, swap the kprobe specs for the fallback tracepoints."""
-        kprobes = [s for s in self.specs if s.kind in ("kprobe", "kretprobe")]
-        if not self.fallback or not kprobes:
-            return
-        available, why = probes.kprobes_available()
-        if available:
-            return
-        # A misspelt function must not hide behind the fallback: it would fail only on the
-        # kernels that have kprobes.
-        known = set(probes.list_kernel_functions())
-        for spec in kprobes:
-            if known and spec.target not in known:
-                matches = probes.suggest(spec.target, sorted(known))
-                hint = f"; did you mean: {', '.join(matches)}?" if matches else ""
-                raise ProbeNotFound(f"no kernel function {spec.target!r}{hint}")
-        self.specs = [s for s in self.specs if s not in kprobes] + self.fallback
-        self._note(
-            f"this kernel has no kprobes ({why}). Instead of "
-            f"{', '.join(str(s) for s in kprobes)}, ebpfkit attaches "
-            f"{', '.join(str(s) for s in self.fallback)}, which sees the same calls."
-        )
+        self.specs, note = kinds.fall_back(self.specs, self.fallback)
+        if note:
+            self._note(note)
 
     def start(self) -> Session:
         """Compile, open the buffers and attach every probe; on any failure, clean up."""
@@ -253,9 +249,6 @@ class Session:
             self.source, pid=self.pid, comm=self.comm, fn_names={s.fn for s in self.specs}
         )
         if self.src.uses_printk:
-            # Imported here: background imports this module.
-            from .background import check_trace_pipe
-
             check_trace_pipe(self)  # a background trace of ours may hold trace_pipe
         self._compile(bcc)
         try:
@@ -266,9 +259,7 @@ class Session:
             if self.src.uses_printk:
                 self.printk = channels.PrintkReader(self.src.printk_tag)
             for spec in self.specs:
-                attach.attach(
-                    bcc, self.bpf, spec, pid=self.pid if spec.kind != "tracepoint" else None
-                )
+                attach.attach(bcc, self.bpf, spec, pid=self.pid)
         except BaseException:
             self.close()
             raise
@@ -282,43 +273,22 @@ class Session:
         attach.precheck_auto(self.source)
         for spec in self.specs:
             attach.precheck(spec)
-            if spec.kind in ("uprobe", "uretprobe"):
-                binary, _, symbol = spec.target.rpartition(":")
-                if probes.is_ifunc(probes.resolve_binary(binary), symbol):
-                    self._warn(
-                        f"{symbol} in {binary} is a GNU indirect function (IFUNC, `i` in "
-                        "`nm -D`): the uprobe fires when the dynamic linker resolves it, not on "
-                        "each call, so the counts will be far too low. Probe a function that is "
-                        "not an IFUNC (malloc, getpid, ...) or a binary's own function."
-                    )
+            caveat = kinds.KINDS[spec.kind].caveat
+            text = caveat(spec.target) if caveat else None
+            if text:
+                self._warn(text)
 
     def _compile(self, bcc) -> None:
-        plain = self.src.final
-        corrected: set[str] = set()
-        notes: list[str] = []
         if self.exact:
             # Kernel structs whose borrowed-header layout is wrong are redefined from BTF.
             # ebpfkit's own #include lines go through it too: a header included after it
             # would meet the redefined structs.
-            prelude, notes = exact.exact_prelude(program.INCLUDES + self.source)
-            if prelude:
-                self.src.final = prelude + plain
-                self.src.prelude_lines += prelude.count("\n")
-                corrected = exact.corrected_structs(prelude)
-        try:
-            self.bpf = program.compile_source(bcc, self.src, self.cflags)
-        except CompileError as e:
-            if not corrected or "no member named" not in str(e):
-                raise
-            # A header reached a member the redefinition lacks (a member named through a
-            # macro, say): compile as bcc would, and warn as for any wrong layout.
-            self.src.final = plain
-            self.src.prelude_lines -= prelude.count("\n")
-            corrected, notes = set(), []
-            self.bpf = program.compile_source(bcc, self.src, self.cflags)
-        for note in notes:
+            self.src.use_layout(exact.build_prelude(program.INCLUDES + self.source))
+        # Compiled without the prelude where it is what breaks the cell (src.layout empty).
+        self.bpf = program.compile_source(bcc, self.src, self.cflags)
+        for note in self.src.layout.notes:
             self._note(note)
-        found = [m for m in layout.mismatches(self.source) if m.struct not in corrected]
+        found = layout.mismatches(self.source, skip=self.src.layout.corrected)
         if found:
             self._warn(layout.warning_text(found))
 
@@ -479,25 +449,27 @@ class Session:
         result.duration = elapsed
         result.stopped_by = stopped_by
         if proc is not None:
-            result.exit_code = proc.returncode
-            errors.join(timeout=1)  # its stderr, copied into the output until the end
-            result.workload_error = errors.text()
-            out.seek(0)
-            result.output = out.read().decode("utf-8", "replace")
-            out.close()
-            if proc.returncode and ended_after is not None and ended_after < QUICK_FAILURE:
-                said = result.workload_message()
-                text = (
-                    f"the workload failed at once: `{workload}` exited with code "
-                    f"{proc.returncode} after {ended_after:.2f} s"
-                    + (f" ({said})" if said else "")
-                    + ", so the trace saw little or nothing of it"
-                )
-                result.warnings.append(text)
-                self.warnings.append(text)
-                if self.on_warning:
-                    self.on_warning(text)
+            self._workload_said(result, workload, proc, out, errors, ended_after)
         return result
+
+    def _workload_said(self, result, workload, proc, out, errors, ended_after) -> None:
+        """The workload's exit code and output in the result; a warning if it failed at once."""
+        result.exit_code = proc.returncode
+        errors.join(timeout=1)  # its stderr, copied into the output until the end
+        result.workload_error = errors.text()
+        out.seek(0)
+        result.output = out.read().decode("utf-8", "replace")
+        out.close()
+        if proc.returncode and ended_after is not None and ended_after < QUICK_FAILURE:
+            said = result.workload_message()
+            text = (
+                f"the workload failed at once: `{workload}` exited with code "
+                f"{proc.returncode} after {ended_after:.2f} s"
+                + (f" ({said})" if said else "")
+                + ", so the trace saw little or nothing of it"
+            )
+            result.warnings.append(text)
+            self._warn(text)
 
     def collect(self) -> TraceResult:
         """Detach, drain the buffers, read every map; then free everything."""
@@ -515,14 +487,10 @@ class Session:
             stacks = self._stack_table()
             self._budget_said(result)
             for c in self.channels:
-                # Per-CPU buffers interleave; order by the program's own timestamp.
-                times = frames.time_fields(c.dtype) if c.kind == "perf" and c.dtype else []
                 alloc = None
                 if self.budget is not None and c.store is not None:
                     alloc = self.budget.alloc(c.store.rows * c.store.row_bytes)
-                df = c.take_frame(
-                    self.wall_offset, sort_by=times[0] if times else None, alloc=alloc
-                )
+                df = c.take_frame(self.wall_offset, sort_by=time_order(c), alloc=alloc)
                 if self.max_events and len(df) > self.max_events:
                     df = df.head(self.max_events)
                 if stacks is not None:
@@ -587,9 +555,7 @@ class Session:
                 "send a struct through a ring buffer (BPF_RINGBUF_OUTPUT) instead"
             )
             result.warnings.append(text)
-            self.warnings.append(text)
-            if self.on_warning:
-                self.on_warning(text)
+            self._warn(text)
 
     def attached(self) -> list[str]:
         out = [str(s) for s in self.specs]
@@ -640,6 +606,22 @@ class Session:
                     df = frames.add_stacks(df, self.bpf, stacks)
                 out[name] = df
         return out
+
+
+def _signature_with_kinds(init: Callable) -> inspect.Signature:
+    """Session's signature as help() and completion show it: a keyword per probe kind."""
+    sig = inspect.signature(init)
+    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    by_kind = [
+        inspect.Parameter(
+            k, inspect.Parameter.KEYWORD_ONLY, default=None, annotation="Iterable[str] | str | None"
+        )
+        for k in kinds.KINDS
+    ]
+    return sig.replace(parameters=params[:2] + by_kind + params[2:])
+
+
+Session.__init__.__signature__ = _signature_with_kinds(Session.__init__)
 
 
 def _catch_sigint(stop: Callable[[], None]):
@@ -722,6 +704,68 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+@dataclass
+class Run:
+    """One trace as asked for, by the magic, ``trace()`` or ``start()``: built once, checked once.
+
+    ``options`` are Session's keyword arguments; ``shown`` the options as the user gave
+    them (the magic's line), kept with the result and its recording; by default they
+    are made from ``duration``, ``workload`` and ``options``.
+    """
+
+    source: str
+    options: dict[str, Any] = field(default_factory=dict)
+    duration: float | None = None
+    workload: str | None = None
+    recording: str | None = None
+    progress: Callable[[Session, float], None] | bool | str | None = None
+    shown: str | dict | None = None
+
+    def __post_init__(self) -> None:
+        check_duration(self.duration)
+
+    def session(self) -> Session:
+        """The Session of this run, its options checked (nothing compiled yet)."""
+        return Session(self.source, **self.options)
+
+    @property
+    def cell(self) -> dict:
+        """The program and its options, kept with the result (and its recording)."""
+        shown = self.shown
+        if shown is None:
+            plain = (str, int, float, list, dict, type(None))
+            kept = {
+                k: v if isinstance(v, plain) else repr(v)
+                for k, v in self.options.items()
+                if not callable(v)  # on_warning= is no data
+            }
+            shown = {"duration": self.duration, "run": self.workload, **kept}
+        return {"source": self.source, "options": shown}
+
+    def trace(self, session: Session | None = None, *, announced: bool = False) -> TraceResult:
+        """Trace in the foreground (live, or replayed or recorded as ``recording`` says).
+
+        ``session``: one already made from this run; ``announced``: its warnings and notes
+        were printed as they came, so the result need not show them again.
+        """
+
+        def live() -> TraceResult:
+            with session or self.session() as s:
+                result = s.run(
+                    duration=self.duration, workload=self.workload, progress=self.progress
+                )
+            if announced:
+                result.announced = True
+            result.cell = self.cell
+            return result
+
+        if self.recording is None:
+            return live()
+        from .recording import run_or_replay
+
+        return run_or_replay(self.recording, live, source=self.source)
+
+
 def trace(
     source: str,
     *,
@@ -733,10 +777,10 @@ def trace(
 ) -> TraceResult:
     """Compile ``source``, attach it, trace, and return what it gathered.
 
-    ``options`` are Session's: ``kprobe``, ``kretprobe``, ``tracepoint``, ``uprobe``,
-    ``uretprobe``, ``perf`` (each a spec or a list of specs), ``pid``, ``comm``,
-    ``max_events``, ``perf_pages``, ``hist``, ``cflags``. ``progress=True`` shows the
-    live view while it traces (see ``Session.run``).
+    ``options`` are Session's: a spec or a list of specs for each probe kind
+    (``kprobe``, ``kretprobe``, ``tracepoint``, ``uprobe``, ``uretprobe``, ``perf``: see
+    ``ebpfkit.kinds``), ``pid``, ``comm``, ``max_events``, ``perf_pages``, ``hist``,
+    ``cflags``. ``progress=True`` shows the live view while it traces (see ``Session.run``).
 
     ``recording=NAME`` ties the trace to ``<recordings dir>/NAME.ebpfkit``: traced live,
     replayed or recorded as ``$EBPFKIT_MODE`` says (see ``ebpfkit.recording``).
@@ -747,21 +791,8 @@ def trace(
     ...     return 0;
     ... }''', run="cat /etc/hostname")          # doctest: +SKIP
     """
-    check_duration(duration)
-
-    def live() -> TraceResult:
-        with Session(source, **options) as session:
-            result = session.run(duration=duration, workload=run, progress=progress)
-        plain = (str, int, float, list, dict, type(None))
-        shown = {k: v if isinstance(v, plain) else repr(v) for k, v in options.items()}
-        result.cell = {"source": source, "options": {"duration": duration, "run": run, **shown}}
-        return result
-
-    if recording is None:
-        return live()
-    from .recording import run_or_replay
-
-    return run_or_replay(recording, live, source=source)
+    job = Run(source, options, duration, run, recording, progress)
+    return job.trace()
 
 
 def load(source: str, **options) -> list[str]:
@@ -773,20 +804,13 @@ def load(source: str, **options) -> list[str]:
     require_privileges()
     bcc = _bcc()
     src = program.prepare(source)
-    kinds = {
-        "kprobe": bcc.BPF.KPROBE,
-        "kretprobe": bcc.BPF.KPROBE,
-        "uprobe": bcc.BPF.KPROBE,
-        "uretprobe": bcc.BPF.KPROBE,
-        "tracepoint": bcc.BPF.TRACEPOINT,
-        "perf": bcc.BPF.PERF_EVENT,
-    }
-    specs = [attach.parse(kind, text) for kind in kinds for text in _as_list(options.get(kind))]
+    specs = specs_of({k: v for k, v in options.items() if k in kinds.KINDS})
     attach.assign_functions(specs, source)
     b = program.compile_source(bcc, src, options.get("cflags"))
     try:
         for spec in specs:
-            program.load_or_explain(b, spec.fn, kinds[spec.kind])
+            prog_type = getattr(bcc.BPF, kinds.KINDS[spec.kind].program_type)
+            program.load_or_explain(b, spec.fn, prog_type)
         return [s.fn for s in specs]
     finally:
         b.cleanup()

@@ -7,7 +7,7 @@
 
 The program is ``bpf/hello_kprobe.c`` (bpf_trace_printk). On a kernel built
 without kprobes the same function is attached to the tracepoint that sees the
-same calls (``probes.tracepoint_for``; ``--fallback`` picks another), and a
+same calls (``kinds.stand_in``; ``--fallback`` picks another), and a
 ``note:`` line says so. Where no tracepoint fits, the command stops with the
 kernel's reason and exit status 2.
 """
@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from .. import probes
-from ..errors import ProbeNotFound
-from ..session import Session
+from .. import kinds
+from ..session import Session, printer
 from . import bpf_source
 
 HELP = "one line per call of a kernel function: 'kprobe triggered by PID N (comm)'"
@@ -31,7 +30,8 @@ _LINE = re.compile(r"^kprobe triggered by PID (\d+) \((.*)\)$")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("function", metavar="FUNC", help="kernel function, e.g. do_sys_openat2")
+    kprobe = kinds.get("kprobe")
+    parser.add_argument("function", metavar="FUNC", help=f"kernel function, e.g. {kprobe.example}")
     parser.add_argument(
         "-d",
         "--duration",
@@ -58,38 +58,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def fallback_for(function: str) -> str | None:
-    """The tracepoint that stands in for a kprobe on ``function``, if this kernel has one."""
-    found = probes.tracepoint_for(function)
-    return found[0] if found else None
-
-
-def check_function(name: str) -> None:
-    """ProbeNotFound, with close names, when the kernel has no function ``name``.
-
-    Session checks this itself where kprobes exist; where they do not, a misspelt
-    name would otherwise go unnoticed behind the fallback tracepoint.
-    """
-    functions = probes.list_kernel_functions()
-    if functions and name not in functions:
-        matches = probes.suggest(name, functions)
-        hint = f"; did you mean: {', '.join(matches)}?" if matches else "."
-        raise ProbeNotFound(f"No kernel function {name!r} on this kernel{hint}")
-
-
 def main(args: argparse.Namespace) -> int:
-    available, _why = probes.kprobes_available()
-    fallback = args.fallback or fallback_for(args.function)
-    if not available and fallback:
-        check_function(args.function)
+    # Where the kernel has no kprobes, Session attaches the fallback instead (and checks the
+    # function's name all the same).
+    fallback = args.fallback or kinds.stand_in("kprobe", args.function)
     session = Session(
         bpf_source(PROGRAM),
         kprobe=args.function,
         fallback=fallback,
         pid=args.pid,
         comm=args.comm,
-        on_note=lambda text: print(f"note: {text}", flush=True),
-        on_warning=lambda text: print(f"warning: {text}", flush=True),
+        on_note=printer("note"),  # on stdout, before the lines it explains
+        on_warning=printer("warning", "stderr"),
     )
     duration = args.duration
     if duration == 0 or (duration is None and not args.run):

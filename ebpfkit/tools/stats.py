@@ -13,18 +13,16 @@ prints the map sorted by count with the numbers turned into names::
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 import sys
 
-from .. import tools
+from .. import probes, tools
 from ..errors import BadArguments
-from ..session import Session
+from ..session import Session, printer
 
 HELP = "count system calls per syscall in an eBPF hash map (the course's `stats`)"
 DEFAULT_DURATION = 2.0  # seconds, as the course's tool
 PROGRAM = "syscall_count.c"
-UNISTD = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,25 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@functools.lru_cache(maxsize=1)
-def _unistd_names() -> dict[int, str]:
-    """Syscall numbers from the C library's kernel headers, for numbers bcc does not know."""
-    try:
-        with open(UNISTD) as f:
-            text = f.read()
-    except OSError:
-        return {}
-    return {int(n): name for name, n in re.findall(r"#define __NR_(\w+)\s+(\d+)", text)}
-
-
-def syscall_name(number: int) -> str:
-    """The name of syscall ``number``: bcc's table, then the system's unistd_64.h."""
-    from bcc.syscall import syscall_name as bcc_name
-
-    name = bcc_name(number).decode()
-    if name.startswith("[unknown"):
-        return _unistd_names().get(number, name)
-    return name
+# The library's, here too for the lessons (from ebpfkit.tools.stats import syscall_name).
+syscall_name = probes.syscall_name
 
 
 def count_frame(result, top: int | None = None):
@@ -121,8 +102,8 @@ def main(args: argparse.Namespace) -> int:
         pid=args.pid,
         comm=args.comm,
         cflags=["-DPER_CPU"] if args.per_cpu else [],
-        on_warning=lambda text: print(f"warning: {text}", file=sys.stderr, flush=True),
-        on_note=lambda text: print(f"note: {text}", file=sys.stderr, flush=True),
+        on_warning=printer("warning", "stderr"),
+        on_note=printer("note", "stderr"),
     )
     what = " and ".join(
         f for f in (args.comm and f"comm {args.comm}", args.pid and f"pid {args.pid}") if f

@@ -15,71 +15,21 @@ from __future__ import annotations
 
 import argparse
 import errno
-import functools
 import os
-import re
 import sys
 
+from .. import probes
 from . import bpf_source
 
 HELP = "strace-like: each system call with arguments, return value and duration; --summary"
 
 SOURCE_FILE = "syscall_trace.c"
-_UNISTD = (
-    "/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
-    "/usr/include/aarch64-linux-gnu/asm/unistd.h",
-    "/usr/include/asm/unistd_64.h",
-)
-
 
 # ---------------------------------------------------------------- syscall names
 
-
-@functools.lru_cache(maxsize=1)
-def _table() -> dict[int, str]:
-    """Syscall number -> name: bcc's table, completed from the C library's headers.
-
-    bcc's table (``bcc.syscall``) stops at the syscalls of its day (x86_64: 334, rseq);
-    newer ones (clone3 435, openat2 437 ...) come from asm/unistd_64.h where present.
-    """
-    from bcc import syscall as bcc_syscall
-
-    table = {int(k): v.decode() for k, v in bcc_syscall.syscalls.items()}
-    for path in _UNISTD:
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError:
-            continue
-        for name, number in re.findall(r"#define __NR_(\w+)\s+(\d+)", text):
-            table.setdefault(int(number), name)
-        break
-    return table
-
-
-def syscall_name(number: int) -> str:
-    """The name of syscall ``number`` (bcc's ``syscall_name``, then the headers)."""
-    from bcc.syscall import syscall_name as bcc_name
-
-    name = bcc_name(int(number)).decode()
-    if name.startswith("[unknown"):
-        name = _table().get(int(number), f"syscall_{int(number)}")
-    return name
-
-
-def syscall_number(name: str) -> int:
-    """The number of syscall ``name``; BadArguments naming close matches if unknown."""
-    from ..errors import BadArguments
-    from ..probes import suggest
-
-    by_name = {v: k for k, v in _table().items()}
-    if name in by_name:
-        return by_name[name]
-    if name.isdigit():
-        return int(name)
-    close = suggest(name, sorted(by_name))
-    hint = f"; did you mean: {', '.join(close)}?" if close else ""
-    raise BadArguments(f"--syscall {name!r}: no system call of that name{hint}")
+# The library's, here too for the lesson notebook (tracer.syscall_name).
+syscall_name = probes.syscall_name
+syscall_number = probes.syscall_number
 
 
 # ---------------------------------------------------------------- the program
@@ -131,6 +81,7 @@ def trace_syscalls(
     on_events=None,
     on_note=None,
     on_start=None,
+    on_warning=None,
 ):
     """Trace system calls; a TraceResult whose ``events`` are ``events_frame`` rows.
 
@@ -152,7 +103,7 @@ def trace_syscalls(
         follow_from=follow,
         summary_only=summary_only,
     )
-    session = Session(source, pid=pid, comm=comm, on_note=on_note)
+    session = Session(source, pid=pid, comm=comm, on_note=on_note, on_warning=on_warning)
     shown = [0]
     started: list[bool] = []
 
@@ -363,7 +314,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import BadArguments
-    from ..session import MAX_DURATION
+    from ..session import MAX_DURATION, printer
 
     if args.pid is not None and not os.path.isdir(f"/proc/{args.pid}"):
         raise BadArguments(f"--pid {args.pid}: no such process")
@@ -387,7 +338,8 @@ def main(args: argparse.Namespace) -> int:
         run=args.run,
         summary_only=args.summary,
         on_events=None if args.summary else show,
-        on_note=lambda text: print(f"note: {text}", file=sys.stderr),
+        on_note=printer("note", "stderr"),
+        on_warning=printer("warning", "stderr"),
         on_start=on_start,
     )
     if args.summary:

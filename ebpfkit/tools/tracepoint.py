@@ -12,17 +12,17 @@ the hits per process; ``--fields`` prints the tracepoint's record layout (its
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .. import probes, tools
-from ..session import WORKLOAD_LIMIT, Session
+from .. import kinds, probes, tools
+from ..session import WORKLOAD_LIMIT, Session, printer
 
 HELP = "count hits of a tracepoint per process, or show its fields (--fields)"
 PROGRAM = "sched_switch.c"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("tracepoint", metavar="CATEGORY:EVENT", help="e.g. sched:sched_switch")
+    form = kinds.get("tracepoint").form  # CATEGORY:EVENT
+    parser.add_argument("tracepoint", metavar=form, help="e.g. sched:sched_switch")
     parser.add_argument(
         "-d",
         "--duration",
@@ -87,8 +87,8 @@ def main(args: argparse.Namespace) -> int:
         tracepoint=f"{name}=count_hits",
         pid=args.pid,
         comm=args.comm,
-        on_warning=lambda text: print(f"warning: {text}", file=sys.stderr),
-        on_note=lambda text: print(f"note: {text}", file=sys.stderr),
+        on_warning=printer("warning", "stderr"),
+        on_note=printer("note", "stderr"),
     )
     duration = args.duration if args.duration is not None else (None if args.run else 5.0)
     with session:

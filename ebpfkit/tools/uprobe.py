@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from .. import probes
-from ..session import Session
+from ..session import Session, printer
 from . import bpf_source
 
 HELP = "count the calls of a user-space function (uprobe) per process: PID, COMM, CALLS"
@@ -70,8 +70,8 @@ def main(args: argparse.Namespace) -> int:
         uprobe=f"{path}:{args.symbol}={FUNCTION}",
         pid=args.pid,
         comm=args.comm,
-        on_note=lambda text: print(f"note: {text}", flush=True),
-        on_warning=lambda text: print(f"warning: {text}", flush=True),
+        on_note=printer("note"),
+        on_warning=printer("warning", "stderr"),
     )
     duration = args.duration
     if duration == 0 or (duration is None and not args.run):

@@ -1,0 +1,376 @@
+"""The probe kinds: one entry each, holding everything ebpfkit knows about a kind.
+
+From ``KINDS`` come the %%bpf magic's options (``-k/--kprobe`` ...), Session's
+keyword arguments (``Session(source, kprobe=...)``), the tools' options, the
+parsing of a spec and its error texts, the name check before anything is loaded
+(with "did you mean"), the attach call, the program type ``--load-only`` loads,
+and the stand-in where this kernel cannot attach the kind (kprobe -> tracepoint).
+A new kind (USDT, say) is one ``Kind(...)`` entry below, and its tests.
+
+Specs are written the way bpftrace users name things, with an optional ``=fn``
+naming the C function (the default is the cell's only probe function)::
+
+    kprobe        do_sys_openat2            kretprobe  do_sys_openat2=on_return
+    tracepoint    syscalls:sys_enter_openat
+    uprobe        c:malloc (library name or path, then symbol)
+    uretprobe     /bin/bash:readline=on_line
+    perf          cpu-clock:99  (event, then frequency in Hz; hardware events too)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import probes
+from .errors import AttachError, BadArguments, EbpfkitError, FeatureMissing, ProbeNotFound
+
+
+@dataclass
+class Spec:
+    """One probe to attach: its kind, its target and the C function that runs there."""
+
+    kind: str
+    target: str
+    fn: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.target}" + (f" -> {self.fn}()" if self.fn else "")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A probe kind: its names, how its target is written and checked, how it attaches."""
+
+    name: str  # the option (--kprobe), Session's keyword (kprobe=), a spec's kind
+    letter: str  # the magic's short option: -k
+    metavar: str  # the option's argument in %%bpf? : FUNC[=fn]
+    help: str  # the option's help line
+    example: str  # a target that works, quoted in error texts
+    noun: str  # what the kernel calls one: "kprobe", "perf event"
+    # The target as hints write it: a form (CATEGORY:EVENT), or an example where a form says little.
+    form: str
+    # Name problems before anything is loaded: unknown names (with close ones), missing features.
+    check: Callable[[str], object]
+    # attach(bcc, bpf, spec, pid): one spec onto the loaded program; pid -1 or None for all.
+    attach: Callable[..., None]
+    program_type: str  # bcc.BPF's constant for loading its functions: KPROBE, TRACEPOINT ...
+    # (first, second) parts of a target of two parts, None when it lacks them; None: one part.
+    split: Callable[[str], tuple[str, str] | None] | None = None
+    by_name: str = ""  # bcc's prefix for a function it attaches by name itself: kprobe__
+    # A warning about a target that exists but will mislead (an IFUNC uprobe); None if none.
+    caveat: Callable[[str], str | None] | None = None
+    # An attach failure bcc reports vaguely, explained; None to report it as it is.
+    explain: Callable[[str, str], EbpfkitError | None] | None = None
+    # Whether this kernel can attach the kind at all, and why we think so; None: always.
+    available: Callable[[], tuple[bool, str]] | None = None
+    # Where it cannot: the tracepoints that see the same events, and the check of the
+    # name alone (a misspelt name must not hide behind a stand-in).
+    stand_ins: Callable[[str], list[str]] | None = None
+    check_name: Callable[[str], object] | None = None
+
+    @property
+    def option(self) -> str:
+        return f"--{self.name}"
+
+    @property
+    def short(self) -> str:
+        return f"-{self.letter}"
+
+
+FALLBACK_KIND = "tracepoint"  # what --fallback attaches in place of a kind this kernel lacks
+
+
+# --- kprobes ---------------------------------------------------------------------------------
+
+
+def _attach_kprobe(bcc, bpf, spec: Spec, pid: int | None) -> None:
+    bpf.attach_kprobe(event=spec.target, fn_name=spec.fn)
+
+
+def _attach_kretprobe(bcc, bpf, spec: Spec, pid: int | None) -> None:
+    bpf.attach_kretprobe(event=spec.target, fn_name=spec.fn)
+
+
+# --- tracepoints -----------------------------------------------------------------------------
+
+
+def _split_tracepoint(target: str) -> tuple[str, str] | None:
+    category, sep, event = target.replace("/", ":").partition(":")
+    return (category, event) if sep else None
+
+
+def _attach_tracepoint(bcc, bpf, spec: Spec, pid: int | None) -> None:
+    # No pid: a tracepoint sees every process; --pid is checked in the kernel instead.
+    name = spec.target.replace("/", ":")
+    if name.encode() in bpf.tracepoint_fds:
+        raise AttachError(
+            f"{spec}: this tracepoint already has a function attached in this cell; BCC keeps "
+            "one per tracepoint, so put both pieces of work in one function"
+        )
+    bpf.attach_tracepoint(tp=name, fn_name=spec.fn)
+
+
+# --- uprobes ---------------------------------------------------------------------------------
+
+
+def _split_uprobe(target: str) -> tuple[str, str] | None:
+    binary, sep, symbol = target.rpartition(":")
+    return (binary, symbol) if sep else None
+
+
+def _check_uprobe(target: str) -> str:
+    binary, _, symbol = target.rpartition(":")
+    return probes.check_symbol(binary, symbol)
+
+
+def _ifunc_caveat(target: str) -> str | None:
+    binary, _, symbol = target.rpartition(":")
+    if not probes.is_ifunc(probes.resolve_binary(binary), symbol):
+        return None
+    return (
+        f"{symbol} in {binary} is a GNU indirect function (IFUNC, `i` in "
+        "`nm -D`): the uprobe fires when the dynamic linker resolves it, not on "
+        "each call, so the counts will be far too low. Probe a function that is "
+        "not an IFUNC (malloc, getpid, ...) or a binary's own function."
+    )
+
+
+def _attach_uprobe(bcc, bpf, spec: Spec, pid: int | None, ret: bool = False) -> None:
+    binary, _, symbol = spec.target.rpartition(":")
+    path = probes.resolve_binary(binary)
+    before = dict(bpf.uprobe_fds)
+    method = bpf.attach_uretprobe if ret else bpf.attach_uprobe
+    method(name=path, sym=symbol, fn_name=spec.fn, pid=pid or -1)
+    # bcc keys uprobes by event name: a second function on the same one replaces the first's
+    # fd in its table, and cleanup would never close it. Close it here and say so.
+    for name, fd in before.items():
+        if bpf.uprobe_fds.get(name) != fd:
+            bcc.libbcc.lib.bpf_close_perf_event_fd(fd)
+            raise AttachError(
+                f"{spec}: this uprobe already has a function attached in this cell; BCC keeps "
+                "one per probe point, so put both pieces of work in one function"
+            )
+
+
+# --- perf events -----------------------------------------------------------------------------
+
+# perf event names (as `perf list` spells them) -> (type, config) in bcc's enums.
+SOFTWARE_EVENTS = {
+    "cpu-clock": "CPU_CLOCK",
+    "task-clock": "TASK_CLOCK",
+    "page-faults": "PAGE_FAULTS",
+    "context-switches": "CONTEXT_SWITCHES",
+    "cpu-migrations": "CPU_MIGRATIONS",
+}
+HARDWARE_EVENTS = {
+    "cycles": "CPU_CYCLES",
+    "cpu-cycles": "CPU_CYCLES",
+    "instructions": "INSTRUCTIONS",
+    "cache-misses": "CACHE_MISSES",
+    "branch-misses": "BRANCH_MISSES",
+}
+DEFAULT_FREQUENCY = 99
+
+
+def perf_event(target: str) -> tuple[str, str, int]:
+    """('SOFTWARE'|'HARDWARE', config name, frequency) for ``cpu-clock:99``."""
+    name, _, freq = target.partition(":")
+    name = name.strip().lower()
+    try:
+        frequency = int(freq) if freq else DEFAULT_FREQUENCY
+    except ValueError:
+        raise BadArguments(f"perf {target!r}: the frequency must be a number of Hz") from None
+    if not 1 <= frequency <= 100_000:
+        raise BadArguments(f"perf {target!r}: frequency {frequency} Hz is out of range 1..100000")
+    if name in SOFTWARE_EVENTS:
+        return "SOFTWARE", SOFTWARE_EVENTS[name], frequency
+    if name in HARDWARE_EVENTS:
+        return "HARDWARE", HARDWARE_EVENTS[name], frequency
+    known = list(SOFTWARE_EVENTS) + list(HARDWARE_EVENTS)
+    matches = probes.suggest(name, known)
+    hint = f"; did you mean: {', '.join(matches)}?" if matches else f"; known: {', '.join(known)}"
+    raise ProbeNotFound(f"unknown perf event {name!r}{hint}")
+
+
+def _attach_perf(bcc, bpf, spec: Spec, pid: int | None) -> None:
+    kind, config, frequency = perf_event(spec.target)
+    configs = bcc.PerfSWConfig if kind == "SOFTWARE" else bcc.PerfHWConfig
+    bpf.attach_perf_event(
+        ev_type=getattr(bcc.PerfType, kind),
+        ev_config=getattr(configs, config),
+        fn_name=spec.fn,
+        sample_freq=frequency,
+        pid=pid or -1,
+        cpu=-1,
+    )
+
+
+def _explain_perf(target: str, detail: str) -> EbpfkitError | None:
+    if perf_event(target)[0] != "HARDWARE":
+        return None
+    return FeatureMissing(
+        f"hardware perf event {target!r} is not available here "
+        f"({detail}): this machine exposes no hardware PMU (common in virtual "
+        "machines). Sample with the software event instead: --perf cpu-clock:99"
+    )
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+# probes' functions are looked up when called (lambdas), so that a test may stand in for one.
+
+_KINDS = (
+    Kind(
+        name="kprobe",
+        letter="k",
+        metavar="FUNC[=fn]",
+        help="attach fn to the entry of kernel function FUNC, e.g. -k do_sys_openat2",
+        example="do_sys_openat2",
+        noun="kprobe",
+        form="FUNCTION",
+        check=lambda name: probes.check_kernel_function(name, kind="kprobe"),
+        attach=_attach_kprobe,
+        program_type="KPROBE",
+        by_name="kprobe__",
+        available=lambda: probes.kprobes_available(),
+        stand_ins=lambda name: probes.tracepoint_for(name),
+        check_name=lambda name: probes.check_kernel_function_name(name, kind="kprobe"),
+    ),
+    Kind(
+        name="kretprobe",
+        letter="K",
+        metavar="FUNC[=fn]",
+        help="attach fn to the return of kernel function FUNC",
+        example="do_sys_openat2",
+        noun="kretprobe",
+        form="FUNCTION",
+        check=lambda name: probes.check_kernel_function(name, kind="kretprobe"),
+        attach=_attach_kretprobe,
+        program_type="KPROBE",
+        by_name="kretprobe__",
+        available=lambda: probes.kprobes_available(),
+        stand_ins=lambda name: probes.tracepoint_for(name, ret=True),
+        check_name=lambda name: probes.check_kernel_function_name(name, kind="kretprobe"),
+    ),
+    Kind(
+        name="tracepoint",
+        letter="t",
+        metavar="CAT:EVENT[=fn]",
+        help="attach fn to a tracepoint, e.g. -t syscalls:sys_enter_openat",
+        example="syscalls:sys_enter_openat",
+        noun="tracepoint",
+        form="CATEGORY:EVENT",
+        check=lambda name: probes.check_tracepoint(name),
+        attach=_attach_tracepoint,
+        program_type="TRACEPOINT",
+        split=_split_tracepoint,
+    ),
+    Kind(
+        name="uprobe",
+        letter="u",
+        metavar="BIN:SYM[=fn]",
+        help="attach fn to a user function: a library name or path, then the symbol, "
+        "e.g. -u c:malloc or -u /bin/bash:readline",
+        example="c:malloc",
+        noun="uprobe",
+        form="BINARY:SYMBOL",
+        check=_check_uprobe,
+        attach=_attach_uprobe,
+        program_type="KPROBE",
+        split=_split_uprobe,
+        caveat=_ifunc_caveat,
+    ),
+    Kind(
+        name="uretprobe",
+        letter="U",
+        metavar="BIN:SYM[=fn]",
+        help="attach fn to the return of a user function",
+        example="c:malloc",
+        noun="uretprobe",
+        form="BINARY:SYMBOL",
+        check=_check_uprobe,
+        attach=functools.partial(_attach_uprobe, ret=True),
+        program_type="KPROBE",
+        split=_split_uprobe,
+        caveat=_ifunc_caveat,
+    ),
+    Kind(
+        name="perf",
+        letter="P",
+        metavar="EVENT[:HZ][=fn]",
+        help="sample on every CPU: cpu-clock (software) or cycles, instructions "
+        "(hardware, where present), e.g. -P cpu-clock:99",
+        example="cpu-clock:99",
+        noun="perf event",
+        form="cpu-clock:99",
+        check=perf_event,
+        attach=_attach_perf,
+        program_type="PERF_EVENT",
+        explain=_explain_perf,
+    ),
+)
+
+KINDS: dict[str, Kind] = {k.name: k for k in _KINDS}
+
+# The kinds a cell that attaches nothing is pointed to: the ones every kernel has first.
+SUGGESTED = ("tracepoint", "uprobe", "perf", "kprobe")
+
+
+def get(name: str) -> Kind:
+    """The kind called ``name``; BadArguments naming the kinds otherwise."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise BadArguments(f"unknown probe kind {name!r}; one of {', '.join(KINDS)}") from None
+
+
+def parse(kind: str, text: str) -> Spec:
+    """``TARGET[=fn]`` given to option ``--kind`` as a Spec; BadArguments if malformed."""
+    k = get(kind)
+    target, _, fn = text.strip().partition("=")
+    target = target.strip()
+    if not target:
+        raise BadArguments(f"{k.option} needs a target, e.g. {k.example}")
+    if k.split is not None and k.split(target) is None:
+        raise BadArguments(f"{k.option} {text!r}: give {k.form}, e.g. {k.example}")
+    return Spec(kind, target, fn.strip() or None)
+
+
+def stand_in(kind: str, target: str) -> str | None:
+    """The tracepoint that sees what a ``kind`` probe on ``target`` sees, if the kernel has one."""
+    find = get(kind).stand_ins
+    found = find(target) if find is not None else []
+    return found[0] if found else None
+
+
+def fall_back(specs: list[Spec], fallback: list[Spec]) -> tuple[list[Spec], str]:
+    """The specs to attach, and a note when ``fallback`` stands in for kinds this kernel lacks.
+
+    Without a fallback, or where every kind can attach, the specs are kept and the note
+    is empty (a kind that cannot attach then fails its check with the kernel's reason).
+    """
+    if not fallback:
+        return specs, ""
+    missing, why = [], ""
+    for spec in specs:
+        available = KINDS[spec.kind].available
+        if available is None:
+            continue
+        ok, reason = available()
+        if not ok:
+            missing.append(spec)
+            why = why or reason
+    if not missing:
+        return specs, ""
+    for spec in missing:
+        check_name = KINDS[spec.kind].check_name
+        if check_name is not None:
+            check_name(spec.target)
+    note = (
+        f"this kernel has no kprobes ({why}). Instead of "
+        f"{', '.join(str(s) for s in missing)}, ebpfkit attaches "
+        f"{', '.join(str(s) for s in fallback)}, which sees the same calls."
+    )
+    return [s for s in specs if s not in missing] + fallback, note
