@@ -7,21 +7,17 @@ another view, not a second implementation. A module defines:
     HELP = "one line for `ebpfkit --help`"
     def configure(parser: argparse.ArgumentParser) -> None   # its options
     def main(args: argparse.Namespace) -> int                 # exit status
-
-A Session's warnings and notes go to stderr as they happen (``print_warning``,
-``print_note``), so that what a command prints on stdout is its result.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-import sys
 
 # The programs' one home is ebpfkit.sources; the tools and the lessons import it from here too.
 from ..sources import bpf_source
 
-__all__ = ["bpf_source", "load", "names", "print_note", "print_warning"]
+__all__ = ["bpf_source", "load", "names"]
 
 
 def names() -> list[str]:
@@ -30,13 +26,3 @@ def names() -> list[str]:
 
 def load(name: str):
     return importlib.import_module(f".{name}", __name__)
-
-
-def print_warning(text: str) -> None:
-    """A Session's ``on_warning`` for the commands: ``warning: ...`` on stderr, at once."""
-    print(f"warning: {text}", file=sys.stderr, flush=True)
-
-
-def print_note(text: str) -> None:
-    """A Session's ``on_note`` for the commands: ``note: ...`` on stderr, at once."""
-    print(f"note: {text}", file=sys.stderr, flush=True)

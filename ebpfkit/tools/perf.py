@@ -23,7 +23,7 @@ import signal
 from .. import plots, tools
 from ..cpus import online_cpus
 from ..errors import BadArguments
-from ..session import WORKLOAD_LIMIT, Session, check_duration
+from ..session import WORKLOAD_LIMIT, Session, check_duration, printer
 
 # pandas is imported where a table is made: `ebpfkit --help` imports every tool.
 
@@ -110,8 +110,8 @@ def sample(hz: int, duration: float | None, run: str | None):
     session = Session(
         tools.bpf_source(PROGRAM),
         perf=f"cpu-clock:{hz}",
-        on_warning=tools.print_warning,
-        on_note=tools.print_note,
+        on_warning=printer("warning", "stderr"),
+        on_note=printer("note", "stderr"),
     )
     with session:
         result = session.run(duration=duration, workload=run)
@@ -170,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
         print(result.output, end="" if result.output.endswith("\n") else "\n")
     print(report(result, args.frequency, args.top, alive))
     if args.run and not alive:
-        tools.print_note(
+        printer("note", "stderr")(
             "the workload had exited before its stacks were read, so its user-space "
             "frames show as [unknown]; give -d shorter than its run time to see them"
         )
