@@ -127,11 +127,12 @@ def check(probes_too: bool = True):
 
 
 def load_ipython_extension(ipython) -> None:
-    """``%load_ext ebpfkit``: registers the ``%%bpf`` cell magic."""
-    from . import live
+    """``%load_ext ebpfkit``: registers the ``%%bpf`` and ``%%bpftrace`` cell magics."""
+    from . import bpftrace, live
     from .magics import BpfMagics
 
     ipython.register_magics(BpfMagics(ipython))
+    bpftrace.register(ipython)  # %%bpftrace
     # What the live view needs is imported now: imported in the first traced cell, the
     # kernel's own opens of these modules' files would show up in that cell's trace.
     if live.widgets_usable():

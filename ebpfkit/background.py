@@ -26,7 +26,7 @@ from . import live, recording, running
 from .channels import PrintkReader
 from .errors import BadArguments, EbpfkitError
 from .running import check_trace_pipe, get, sessions
-from .session import MAX_DURATION, Session, check_duration
+from .session import MAX_DURATION, Run, Session
 
 __all__ = [
     "BackgroundTrace",
@@ -121,7 +121,7 @@ class BackgroundTrace:
         if self.record_to is not None:
             path, self.record_to = self.record_to, None  # saved once, however often stopped
             recording.save(self.result, path)
-            print(f"recorded to {path.resolve()}", flush=True)
+            print(f"recorded to {recording.shown_path(path)}", flush=True)
         return self.result
 
     # ------------------------------------------------------------ what it has so far
@@ -256,17 +256,15 @@ def start(
     far, ``.stop()`` the TraceResult. ``recording=NAME`` records or replays it as
     $EBPFKIT_MODE says (see ``start_session``).
     """
-    check_duration(duration)
-    kept = {k: v for k, v in options.items() if not callable(v)}  # on_warning= is no data
-    cell = {"source": source, "options": {**kept, "duration": duration, "run": run}}
+    job = Run(source, options, duration, run, recording, progress)  # checked here, once
     return start_session(
-        Session(source, **options),
+        job.session(),
         name=name,
-        duration=duration,
-        run=run,
+        duration=job.duration,
+        run=job.workload,
         progress=progress,
         recording_name=recording,
-        cell=cell if recording is not None else None,
+        cell=job.cell if recording is not None else None,
     )
 
 
@@ -286,7 +284,7 @@ def start_session(
     handle is a ReplayedTrace of that recording and nothing is compiled or attached;
     in record mode, ``stop()`` saves the result there. ``cell`` is kept with it.
     """
-    check_duration(duration)
+    # The duration was checked when the run was described (session.Run).
     path = recording.path_for(recording_name) if recording_name is not None else None
     name = running.free_name(name)
     if path is not None and recording.replaying():

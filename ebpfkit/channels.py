@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import frames, probes
+from .cpus import online_cpus
 from .errors import AttachError
-from .perfbuf import PerfReader, online_cpus
+from .perfbuf import PerfReader
 from .ringbuf import RingReader
 
 DEFAULT_PERF_PAGES = (

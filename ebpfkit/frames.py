@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
+import threading
 import time
 
 import numpy as np
@@ -428,6 +430,18 @@ class _Column:
         self.chunks, self.fill = [], 0
 
 
+def _locked(method):
+    """Run under the store's lock: a live view or a background trace's frame reads the
+    store while the reading thread appends to it, column by column."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class ColumnStore:
     """A channel's records decoded as they arrive: one column per field of the struct.
 
@@ -446,6 +460,7 @@ class ColumnStore:
         import pandas  # noqa: F401
 
         self.dtype = dtype  # the C struct, compact
+        self._lock = threading.RLock()
         self.columns: list[_Column] = []
         self.strings: dict[str, tuple[dict, list, list]] = {}
         for name in dtype.names:
@@ -477,6 +492,7 @@ class ColumnStore:
         """Bytes of memory the held rows take (whole chunks: they are mapped as a whole)."""
         return sum(len(c.chunks) * CHUNK_ROWS * c.dtype.itemsize for c in self.columns)
 
+    @_locked
     def append(self, records: np.ndarray) -> None:
         """Decode a structured array of records (any layout with the struct's fields)."""
         if not len(records):
@@ -503,6 +519,7 @@ class ColumnStore:
 
     # ------------------------------------------------------------ reading back
 
+    @_locked
     def records(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` of those in memory, as a structured array of the struct."""
         held = self.held
@@ -527,6 +544,7 @@ class ColumnStore:
             out[column.name] = values
         return out
 
+    @_locked
     def spill(self, folder: str) -> int:
         """Write the rows in memory to this store's Parquet file in ``folder``, a row
         group per chunk, each chunk given back once written; the rows written."""
@@ -603,6 +621,7 @@ class ColumnStore:
         rank = np.array([position[t] for t in texts], dtype=dtype)
         return rank, labels, categorical
 
+    @_locked
     def frame(self, wall_offset_ns: int | None, consume: bool = False, order=None, alloc=None):
         """The DataFrame of every row, spilled ones first.
 
@@ -670,10 +689,14 @@ class ColumnStore:
         if consume:
             column.clear()
 
+    @_locked
     def sort_order(self, name: str):
         """Row order by column ``name`` (stable), or None when the rows are in order already."""
         column = next(c for c in self.columns if c.name == name)
-        values = np.concatenate([*self._spilled_parts(column), *column.parts()])
+        parts = [*self._spilled_parts(column), *column.parts()]
+        if not parts:
+            return None  # nothing arrived
+        values = np.concatenate(parts)
         if len(values) < 2 or bool((values[1:] >= values[:-1]).all()):
             return None
         return np.argsort(values, kind="stable")

@@ -29,7 +29,6 @@ import weakref
 
 import numpy as np
 
-from .cpus import online_cpus as online_cpus  # channels opens a ring on each of them
 from .ringbuf import Block, _unmap_all, as_bytes, map_memory
 
 PERF_TYPE_SOFTWARE = 1

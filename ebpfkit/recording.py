@@ -68,6 +68,14 @@ def recordings_dir() -> Path:
     return Path(os.environ.get("EBPFKIT_RECORDINGS") or "recordings")
 
 
+def shown_path(path: Path) -> str:
+    """A recording's path as said to the user: from the current folder when it is inside it
+    (``recordings/01-hello.ebpfkit`` in a lesson's output, the same on every machine),
+    else in full."""
+    full, here = path.resolve(), Path.cwd().resolve()
+    return str(full.relative_to(here)) if full.is_relative_to(here) else str(full)
+
+
 def path_for(name: str) -> Path:
     """Where the recording NAME lives: ``<recordings dir>/NAME.ebpfkit``."""
     if not name or name.strip() != name or name in (".", ".."):
@@ -126,5 +134,5 @@ def run_or_replay(
     result = live()
     if current == "record":
         save(result, path)
-        announce(f"recorded to {path.resolve()}")
+        announce(f"recorded to {shown_path(path)}")
     return result

@@ -663,3 +663,11 @@ def test_a_workload_that_fails_at_once_is_said(shell):
     assert r.exit_code == 127 and r.stopped_by == "workload exit"
     assert "no-such-command-bt" in r.workload_error
     assert any("failed at once" in w for w in r.warnings), r.warnings
+
+
+def test_load_ext_registers_bpftrace():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "ebpfkit")
+    assert {"bpf", "bpftrace"} <= set(shell.magics_manager.magics["cell"])

@@ -64,7 +64,9 @@ def test_every_hidden_code_cell_belongs_to_a_solution(notebook):
     cells = _cells(notebook)
     in_solutions = {j for _, run in solutions(cells) for j in run}
     hidden_code = {i for i, c in enumerate(cells) if c["cell_type"] == "code" and _hidden(c)}
-    assert hidden_code == in_solutions, f"hidden code cells outside a solution: {hidden_code - in_solutions}"
+    assert hidden_code == in_solutions, (
+        f"hidden code cells outside a solution: {hidden_code - in_solutions}"
+    )
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=IDS)
@@ -73,11 +75,16 @@ def test_no_solution_shows_its_output(notebook):
     found = solutions(cells)
     assert found, f"{notebook.name} has no exercises with a solution"
     shown = [
-        j for _, run in found for j in run if cells[j].get("outputs") or cells[j].get("execution_count")
+        j
+        for _, run in found
+        for j in run
+        if cells[j].get("outputs") or cells[j].get("execution_count")
     ]
     assert not shown, f"{notebook.name}: solution cells with saved outputs: {shown}"
     for label, run in found:
-        assert run, f"{notebook.name}: cell {label} is a Solution label with no hidden code after it"
+        assert run, (
+            f"{notebook.name}: cell {label} is a Solution label with no hidden code after it"
+        )
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=IDS)
@@ -96,11 +103,13 @@ def test_each_solution_has_a_prediction_and_a_hidden_hint_before_it(notebook):
         # the prompt to predict: in the exercise's own text, between the last solution and the hint
         asked = [
             c["text"]
-            for c in cells[previous_end:max(hint_label, 0)]
+            for c in cells[previous_end : max(hint_label, 0)]
             if c["cell_type"] == "markdown" and not _hidden(c)
         ]
         if not any(re.search(r"\bpredict\b", t, re.I) for t in asked):
-            problems.append(f"cell {label}: the exercise does not ask to predict before the solution")
+            problems.append(
+                f"cell {label}: the exercise does not ask to predict before the solution"
+            )
         previous_end = run[-1] + 1 if run else label + 1
     assert not problems, f"{notebook.name}:\n" + "\n".join(problems)
 
@@ -113,7 +122,9 @@ SYSCALL_NUMBER = [
     re.compile(r"syscall_name\(\s*\d+\s*\)"),
     re.compile(r"(?:args->id|->nr|\bnr|\bid)\s*[!=<>]=?\s*\d+\b"),
     re.compile(r"\b__NR_\w+\s*=\s*\d+"),
-    re.compile(r"^\s*[A-Z_]*(?:SYS|NR|GETPPID|OPENAT|EXECVE|READ|WRITE|CLOSE)[A-Z_]*\s*=\s*\d+\b", re.M),
+    re.compile(
+        r"^\s*[A-Z_]*(?:SYS|NR|GETPPID|OPENAT|EXECVE|READ|WRITE|CLOSE)[A-Z_]*\s*=\s*\d+\b", re.M
+    ),
     re.compile(r"\bsyscall\s+\d{1,3}\b(?!\s*(?:times|calls|s\b))"),
     re.compile(r"\bfor\s+\w+\s+in\s+\(\s*\d+(?:\s*,\s*\d+)+\s*\)\s*:\s*\n\s*.*syscall_name"),
 ]
@@ -140,7 +151,7 @@ def test_the_scan_finds_what_it_should():
     assert scan('kprobe="__x64_sys_execve"')
     assert scan('asm volatile("syscall" : "=a"(r) : "a"(39));')
     assert scan("  any process ─ syscall 110 (getppid) ─►")
-    assert scan('for number in (0, 1, 110, 231):\n    print(syscall_name(number))')
+    assert scan("for number in (0, 1, 110, 231):\n    print(syscall_name(number))")
     assert not scan("GETPPID = probes.syscall_number('getppid')")
     assert not scan("syscall(SYS_getppid);")
     assert not scan("made = 2 * 200_000")
@@ -149,5 +160,9 @@ def test_the_scan_finds_what_it_should():
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=IDS)
 def test_no_hard_coded_syscall_numbers_or_x86_names(notebook):
-    found = [f"cell {i} ({kind}): {hit!r}" for i, kind, text in _lesson_text(notebook) for hit in scan(text)]
+    found = [
+        f"cell {i} ({kind}): {hit!r}"
+        for i, kind, text in _lesson_text(notebook)
+        for hit in scan(text)
+    ]
     assert not found, f"{notebook.name}:\n" + "\n".join(found)

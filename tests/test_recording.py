@@ -680,3 +680,13 @@ def test_replay_as_nobody_without_bcc(recorded, shared_dir):
     # A cell without --recording behaves as before: the plain error, no replay offered.
     assert out["plain"].startswith("NotPermitted: loading tracing programs needs root")
     assert "recording" not in out["plain"]
+
+
+def test_a_recording_is_named_from_the_current_folder_when_inside_it(tmp_path, monkeypatch):
+    from ebpfkit.recording import shown_path
+
+    (tmp_path / "recordings").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "recordings" / "01-x.ebpfkit") == "recordings/01-x.ebpfkit"
+    outside = tmp_path.parent / "elsewhere.ebpfkit"
+    assert shown_path(outside) == str(outside.resolve())
