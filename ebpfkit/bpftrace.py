@@ -754,20 +754,10 @@ class Bpftrace:
         ``progress(bpftrace, elapsed)`` is called a few times a second; True (or "auto",
         "widget", "text") shows ebpfkit's live view instead, as ``Session.run`` does.
         """
-        from .live import make
+        from .live import watched
 
         check_duration(duration)
-        view = make(progress, self)
-        finish = getattr(view, "finish", None)
-        try:
-            result = self._run(duration, workload, view)
-        except BaseException as e:
-            if finish:
-                finish(None, e)
-            raise
-        if finish:
-            finish(result)
-        return result
+        return watched(progress, self, lambda view: self._run(duration, workload, view))
 
     def _run(self, duration, workload, progress) -> TraceResult:
         require_privileges()

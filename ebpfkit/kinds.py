@@ -221,39 +221,33 @@ def _explain_perf(target: str, detail: str) -> EbpfkitError | None:
 
 # probes' functions are looked up when called (lambdas), so that a test may stand in for one.
 
+
+def _kernel_function_kind(ret: bool) -> Kind:
+    """The kprobe (at a kernel function's entry) or the kretprobe (at its return)."""
+    name = "kretprobe" if ret else "kprobe"
+    return Kind(
+        name=name,
+        letter="K" if ret else "k",
+        metavar="FUNC[=fn]",
+        help="attach fn to the return of kernel function FUNC"
+        if ret
+        else "attach fn to the entry of kernel function FUNC, e.g. -k do_sys_openat2",
+        example="do_sys_openat2",
+        noun=name,
+        form="FUNCTION",
+        check=lambda target: probes.check_kernel_function(target, kind=name),
+        attach=_attach_kretprobe if ret else _attach_kprobe,
+        program_type="KPROBE",
+        by_name=f"{name}__",
+        available=lambda: probes.kprobes_available(),
+        stand_ins=lambda target: probes.tracepoint_for(target, ret=ret),
+        check_name=lambda target: probes.check_kernel_function_name(target, kind=name),
+    )
+
+
 _KINDS = (
-    Kind(
-        name="kprobe",
-        letter="k",
-        metavar="FUNC[=fn]",
-        help="attach fn to the entry of kernel function FUNC, e.g. -k do_sys_openat2",
-        example="do_sys_openat2",
-        noun="kprobe",
-        form="FUNCTION",
-        check=lambda name: probes.check_kernel_function(name, kind="kprobe"),
-        attach=_attach_kprobe,
-        program_type="KPROBE",
-        by_name="kprobe__",
-        available=lambda: probes.kprobes_available(),
-        stand_ins=lambda name: probes.tracepoint_for(name),
-        check_name=lambda name: probes.check_kernel_function_name(name, kind="kprobe"),
-    ),
-    Kind(
-        name="kretprobe",
-        letter="K",
-        metavar="FUNC[=fn]",
-        help="attach fn to the return of kernel function FUNC",
-        example="do_sys_openat2",
-        noun="kretprobe",
-        form="FUNCTION",
-        check=lambda name: probes.check_kernel_function(name, kind="kretprobe"),
-        attach=_attach_kretprobe,
-        program_type="KPROBE",
-        by_name="kretprobe__",
-        available=lambda: probes.kprobes_available(),
-        stand_ins=lambda name: probes.tracepoint_for(name, ret=True),
-        check_name=lambda name: probes.check_kernel_function_name(name, kind="kretprobe"),
-    ),
+    _kernel_function_kind(ret=False),
+    _kernel_function_kind(ret=True),
     Kind(
         name="tracepoint",
         letter="t",

@@ -158,6 +158,22 @@ def make(progress, session, *, name: str = "", background: bool = False):
     return TextView(session, name=name, background=background)
 
 
+def watched(progress, owner, body: Callable):
+    """``body(view)`` under the live view ``progress`` asks for (``make``), which is then
+    finished with the result, or with the error that ended it."""
+    view = make(progress, owner)
+    finish = getattr(view, "finish", None)
+    try:
+        result = body(view)
+    except BaseException as e:
+        if finish:
+            finish(None, e)
+        raise
+    if finish:
+        finish(result)
+    return result
+
+
 # ---------------------------------------------------------------- the views
 
 

@@ -379,19 +379,9 @@ class Session:
         check_duration(duration)
         if self.bpf is None:
             self.start()
-        from .live import make
+        from .live import watched
 
-        view = make(progress, self)
-        finish = getattr(view, "finish", None)
-        try:
-            result = self._run(duration, workload, view)
-        except BaseException as e:
-            if finish:
-                finish(None, e)
-            raise
-        if finish:
-            finish(result)
-        return result
+        return watched(progress, self, lambda view: self._run(duration, workload, view))
 
     def _run(self, duration, workload, progress) -> TraceResult:
         limit = duration or (WORKLOAD_LIMIT if workload else DEFAULT_DURATION)
