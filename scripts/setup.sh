@@ -15,7 +15,8 @@ say() { printf 'setup: %s\n' "$*"; }
 # sudo: the kernel a non-root user starts gets root through `sudo -n` (tests/test_kernel_sudo.py).
 # poppler-utils: the handouts tests read the PDFs with pdftotext and pdfimages.
 # bpftrace: the %%bpftrace cell magic runs it (Debian's 0.17 reads kernel structs through BTF).
-APT_PACKAGES=(python3-bpfcc bpfcc-tools bpftool python3-venv strace chromium sudo poppler-utils bpftrace)
+# gcc: the lessons and tests build their C workloads (tests/workloads/, 07's burn.c, 11's waits).
+APT_PACKAGES=(python3-bpfcc bpfcc-tools bpftool python3-venv strace chromium sudo poppler-utils bpftrace gcc)
 KREL=$(uname -r)
 ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 
