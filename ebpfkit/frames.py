@@ -131,6 +131,8 @@ def event_dtype(fields: list[tuple[str, str]]) -> np.dtype:
 
 def event_fields(bcc, bpf, table_name: str) -> list[tuple[str, str]]:
     """The struct that the program sends through ``table_name``, as BCC recorded it."""
+    if hasattr(bpf, "perf_event_fields"):  # a program loaded from bytecode (loader.py)
+        return bpf.perf_event_fields(table_name)
     lib = bcc.libbcc.lib
     name = table_name.encode()
     count = lib.bpf_perf_event_fields(bpf.module, name)
