@@ -1,0 +1,47 @@
+"""The bpf(2) system call, through ctypes: one home for every command we issue directly.
+
+libbcc wraps most commands, but creating maps and loading programs from bytecode we
+already hold (loader.py), and reading maps in bulk (mapread.py), are simplest and
+exact with the kernel's own ``union bpf_attr`` layout (include/uapi/linux/bpf.h).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+MAP_CREATE = 0
+MAP_LOOKUP_ELEM = 1
+MAP_GET_NEXT_KEY = 4
+PROG_LOAD = 5
+MAP_LOOKUP_BATCH = 24
+
+# The syscall's number differs by architecture (asm/unistd.h).
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "riscv64": 280, "ppc64le": 361}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class BpfError(OSError):
+    """The kernel refused a bpf(2) command; ``errno`` says why."""
+
+
+def bpf(cmd: int, attr: ctypes.Structure) -> int:
+    """Issue ``cmd`` with ``attr``; the kernel's non-negative answer, or BpfError."""
+    nr = _NR_BPF.get(platform.machine())
+    if nr is None:
+        raise BpfError(0, f"the bpf() syscall's number on {platform.machine()} is not known here")
+    ret = _libc.syscall(
+        ctypes.c_long(nr), ctypes.c_long(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr))
+    )
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, os.strerror(err))
+    return int(ret)
+
+
+def address(buffer) -> int:
+    """The address of a ctypes buffer, as the u64 the kernel's attributes take."""
+    return ctypes.addressof(buffer) if buffer is not None else 0
