@@ -137,6 +137,14 @@ def load_ipython_extension(ipython) -> None:
     # kernel's own opens of these modules' files would show up in that cell's trace.
     if live.widgets_usable():
         import pandas  # noqa: F401
+    # The compile process too (compiler.py): the first cell's compile need not start it.
+    if not replaying():
+        from . import compiler
+
+        try:
+            compiler.compiler().start()
+        except compiler.Failed:
+            pass  # the first cell that compiles says why, with what the child printed
 
 
 def unload_ipython_extension(ipython) -> None:

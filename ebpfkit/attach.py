@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 
 from ._stderr import capture_stderr
-from .errors import AttachError, BadArguments, EbpfkitError, VerifierError
+from .errors import AttachError, BadArguments, EbpfkitError
 from .kinds import KINDS, Spec, parse
-from .program import AUTO_PREFIXES, explain_verifier_error
+from .program import AUTO_PREFIXES, verifier_error
 
 __all__ = ["Spec", "assign_functions", "attach", "candidate_functions", "parse", "precheck"]
 
@@ -77,7 +77,7 @@ def attach(bcc, bpf, spec: Spec, pid: int | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - bcc raises plain Exception
         if "Failed to load" in str(e):
             # attach loads the function first: the verifier said no.
-            raise VerifierError(explain_verifier_error(err.text, e)) from None
+            raise verifier_error(bpf, e, err.text) from None
         detail = err.text.strip().splitlines()[-1] if err.text.strip() else ""
         explained = kind.explain(spec.target, detail or str(e)) if kind.explain else None
         if explained is not None:

@@ -33,9 +33,8 @@ def bpf(cmd: int, attr: ctypes.Structure) -> int:
     nr = _NR_BPF.get(platform.machine())
     if nr is None:
         raise BpfError(0, f"the bpf() syscall's number on {platform.machine()} is not known here")
-    ret = _libc.syscall(
-        ctypes.c_long(nr), ctypes.c_long(cmd), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr))
-    )
+    size = ctypes.c_uint(ctypes.sizeof(attr))
+    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_long(cmd), ctypes.byref(attr), size)
     if ret < 0:
         err = ctypes.get_errno()
         raise BpfError(err, os.strerror(err))

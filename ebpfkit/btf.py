@@ -205,6 +205,17 @@ class Btf:
 
     # -- public queries -------------------------------------------------
 
+    def func_id(self, name: str) -> int | None:
+        """The id of kernel function ``name`` (its FUNC record): what fentry, fexit and
+        LSM programs are loaded against. A scan: asked once per such program."""
+        func = int(Kind.FUNC)
+        words, starts = self._words, self._starts
+        for tid in range(1, len(starts)):
+            i = starts[tid]
+            if (words[i + 1] >> 24) & 0x1F == func and self._str(words[i]) == name:
+                return tid
+        return None
+
     def struct_names(self, kind: str = "struct") -> list[str]:
         """Names of all named structs (or unions, with ``kind="union"``), sorted."""
         return sorted(self._index(kind))

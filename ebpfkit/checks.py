@@ -236,16 +236,21 @@ class _Trials:
         self.bcc = bcc
         self.report = report
 
+    def _load(self, text: str):
+        """``text`` compiled in the compile process (or the cache), its maps created."""
+        from . import compiler, loader
+
+        return loader.load(self.bcc, compiler.compiled(text, ["-w"]))
+
     def run(self) -> None:
-        BPF = self.bcc.BPF
         try:
-            with capture_stderr() as err:
-                b = BPF(text=_TRIAL_C, cflags=["-w"])
+            b = self._load(_TRIAL_C)
         except Exception as e:  # noqa: BLE001 - every compile failure lands in the report
             self.report.add(
                 "compile a program",
                 FAIL,
-                f"BCC could not compile a trivial program: {e}; {_first_line(err.text)}",
+                f"BCC could not compile a trivial program: {e}; "
+                f"{_first_line(getattr(e, 'stderr', ''))}",
                 "run `make test` (installs kernel headers) or see the headers row",
                 required=True,
             )
@@ -397,8 +402,7 @@ class _Trials:
 
     def _perf_hardware(self):
         PerfType, PerfHWConfig = self.bcc.PerfType, self.bcc.PerfHWConfig
-        with capture_stderr() as err:
-            b = self.bcc.BPF(text=_HW_C, cflags=["-w"])
+        b = self._load(_HW_C)
         try:
             with capture_stderr() as err:
                 b.attach_perf_event(
@@ -430,14 +434,19 @@ class _Trials:
                 "use a tracepoint or kprobe instead",
             )
             return
+        said = ""
         try:
-            with capture_stderr() as err:
-                b = self.bcc.BPF(text=_KFUNC_C, cflags=["-w"])
-            b.cleanup()
+            b = self._load(_KFUNC_C)
+            try:
+                with capture_stderr() as err:
+                    b._trace_autoload()
+            finally:
+                said = err.text
+                b.cleanup()
             self.report.add("fentry (KFUNC_PROBE)", OK, "a KFUNC_PROBE loaded and attached")
         except Exception as e:  # noqa: BLE001
-            reason = _first_line(err.text) or str(e)
-            if "not permitted" in err.text or "super-user" in str(e):
+            reason = _first_line(said) or str(e)
+            if "not permitted" in f"{said} {e}" or "super-user" in str(e):
                 who = "as root" if os.geteuid() == 0 else "for this user"
                 reason = (
                     f"the kernel refused to load an fentry program on vfs_read {who} "

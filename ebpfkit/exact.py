@@ -59,8 +59,6 @@ __all__ = [
     "Prelude",
     "Replaced",
     "build_prelude",
-    "corrected_structs",
-    "exact_prelude",
     "hoisted_directives",
 ]
 
@@ -544,23 +542,3 @@ def _dependency_order(plan: dict[str, _Record], replace: set[str]) -> list[str]:
     for tag in sorted(replace):
         visit(tag)
     return order
-
-
-# ------------------------------------------------------------------ the former API
-
-
-def exact_prelude(source: str, btf: Btf | None = None) -> tuple[str, list[str]]:
-    """``(text, notes)`` of :func:`build_prelude`: the form session.py still takes."""
-    prelude = build_prelude(source, btf)
-    return prelude.text, list(prelude.notes)
-
-
-def corrected_structs(prelude: Prelude | str) -> set[str]:
-    """Tags whose definitions the prelude replaced (their layout warning is moot).
-
-    Given a ``Prelude``, its ``corrected``. Given the text of ``exact_prelude``
-    (session.py, until it takes the ``Prelude``), read from its ``#define`` lines.
-    """
-    if isinstance(prelude, Prelude):
-        return set(prelude.corrected)
-    return set(re.findall(r"^#define (\w+) " + HEADER_PREFIX, prelude, re.M))

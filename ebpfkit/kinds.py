@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import probes
 from .errors import AttachError, BadArguments, EbpfkitError, FeatureMissing, ProbeNotFound
@@ -34,6 +34,8 @@ class Spec:
     kind: str
     target: str
     fn: str | None = None
+    # What the kind's ``prepare`` made for this probe (and ``release`` frees), if anything.
+    state: object = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.kind} {self.target}" + (f" -> {self.fn}()" if self.fn else "")
@@ -69,6 +71,11 @@ class Kind:
     # name alone (a misspelt name must not hide behind a stand-in).
     stand_ins: Callable[[str], list[str]] | None = None
     check_name: Callable[[str], object] | None = None
+    # prepare(spec, pid): C the program needs for this probe, made before it is compiled
+    # (USDT's argument readers), keeping what attach needs in ``spec.state``;
+    # release(spec) frees that after the probe is detached. None: nothing to make.
+    prepare: Callable[[Spec, int | None], str] | None = None
+    release: Callable[[Spec], None] | None = None
 
     @property
     def option(self) -> str:
@@ -330,6 +337,31 @@ def parse(kind: str, text: str) -> Spec:
     if k.split is not None and k.split(target) is None:
         raise BadArguments(f"{k.option} {text!r}: give {k.form}, e.g. {k.example}")
     return Spec(kind, target, fn.strip() or None)
+
+
+def prepare_all(specs: list[Spec], pid: int | None) -> str:
+    """The C the kinds make for ``specs`` before compiling; on failure all is released."""
+    made = []
+    try:
+        for spec in specs:
+            prepare = KINDS[spec.kind].prepare
+            if prepare is not None:
+                made.append(prepare(spec, pid))
+    except BaseException:
+        release_all(specs)
+        raise
+    return "".join(made)
+
+
+def release_all(specs: list[Spec]) -> None:
+    """Free what ``prepare_all`` made (after the probes are detached); safe to call twice."""
+    for spec in specs:
+        release = KINDS[spec.kind].release
+        if release is not None and spec.state is not None:
+            try:
+                release(spec)
+            finally:
+                spec.state = None
 
 
 def stand_in(kind: str, target: str) -> str | None:

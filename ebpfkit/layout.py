@@ -21,8 +21,6 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ._stderr import capture_stderr
-
 __all__ = [
     "ABI_STRUCTS",
     "HeaderLayout",
@@ -125,12 +123,16 @@ def header_layout(directives: str, query: tuple[Query, ...], bcc=None) -> Header
             bcc = _bcc.bcc()
         except Exception as e:  # noqa: BLE001 - no BCC: the headers' layout stays unknown
             return HeaderLayout(None, error=str(e))
+    from . import compiler, loader
+
     try:
-        with capture_stderr() as err:
-            b = bcc.BPF(text="\n".join(lines), cflags=["-w"])
-    except Exception as e:  # noqa: BLE001 - BCC raises plain Exception
-        at = {int(n) - first for n in re.findall(r"main\.c:(\d+):\d+: error", err.text)}
+        # In the compile process, as every compile: clang on the headers may fail too.
+        b = loader.load(bcc, compiler.compiled("\n".join(lines), ["-w"]))
+    except compiler.Failed as e:
+        at = {int(n) - first for n in re.findall(r"main\.c:(\d+):\d+: error", e.stderr)}
         return HeaderLayout(None, frozenset(at & set(range(len(query)))), str(e))
+    except loader.MapRefusedByKernel as e:
+        return HeaderLayout(None, error=str(e))
     try:
         fn = b.load_func("__ebpfkit_layout_probe", bcc.BPF.SOCKET_FILTER)
         test_run(fn.fd)

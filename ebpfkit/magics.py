@@ -6,7 +6,7 @@ import shlex
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Enum, Float, Int, Unicode
+from traitlets import Bool, Enum, Float, Int, Unicode
 from traitlets.config import Configurable
 
 from . import channels, recording
@@ -60,6 +60,11 @@ class BpfMagics(Magics, Configurable):
         "stop",
         help="What a trace does at its memory budget: stop (and keep what it has) or spill "
         "(go on, the events written to disk as Parquet and read back at the end).",
+    ).tag(config=True)
+    cache = Bool(
+        True,
+        help="Keep compiled programs on disk ($XDG_CACHE_HOME/ebpfkit, else ~/.cache/ebpfkit) "
+        "and reuse them when a cell, its options and the kernel are unchanged.",
     ).tag(config=True)
     live = Enum(
         ["auto", "widget", "text", "off"],
@@ -139,6 +144,11 @@ class BpfMagics(Magics, Configurable):
         choices=list(channels.ON_BUDGET),
         help="at the memory budget: stop the trace and keep what it has (default), or spill "
         "the events to disk and go on (%%config BpfMagics.on_budget)",
+    )
+    @argument(
+        "--no-cache",
+        action="store_true",
+        help="compile afresh: neither use nor keep a compiled program (%%config BpfMagics.cache)",
     )
     @argument(
         "--load-only",
@@ -226,7 +236,7 @@ class BpfMagics(Magics, Configurable):
             )
         probes = {kind: getattr(args, kind) for kind in KINDS}
         if args.load_only:
-            names = load(source, **probes)
+            names = load(source, cache=self.cache and not args.no_cache, **probes)
             print("loaded into the kernel (not attached): " + (", ".join(names) or "all functions"))
             return None
         if args.background and args.out:
@@ -259,6 +269,7 @@ class BpfMagics(Magics, Configurable):
                 "exact": not args.headers_layout,
                 "memory_budget": args.memory_budget or self.memory_budget,
                 "on_budget": args.on_budget or self.on_budget,
+                "cache": self.cache and not args.no_cache,
                 "on_warning": printer("warning"),
                 "on_note": printer("note"),
             },

@@ -245,14 +245,20 @@ def inject_filter(text: str, fn_names: set[str]) -> str:
 
 
 def prepare(
-    text: str, pid: int | None = None, comm: str | None = None, fn_names: set[str] | None = None
+    text: str,
+    pid: int | None = None,
+    comm: str | None = None,
+    fn_names: set[str] | None = None,
+    generated: str = "",
 ) -> Source:
+    """``text`` made ready for BCC; ``generated``: C the probe kinds made for it
+    (kinds.prepare_all), placed in our prelude, before the user's first line."""
     src = Source(text=text)
     code = ctext.blank(text)  # what is declared and called, not what comments mention
     src.ring_buffers = _RINGBUF_DECL.findall(code)
     src.perf_buffers = _PERF_DECL.findall(code)
     src.uses_printk = bool(_PRINTK_CALL.search(code))
-    prelude = INCLUDES
+    prelude = INCLUDES + generated
     body = text
     buffers = src.buffers()
     if buffers:
@@ -390,75 +396,89 @@ def explain_verifier_error(stderr: str, exc: Exception) -> str:
     return f"the kernel's verifier rejected the program ({exc}). Its last lines:\n{body}{hint}"
 
 
-def _bpf_class(bcc):
-    """BCC's BPF class without the attaching its constructor does by function name.
-
-    A rejected program there would leave the half-built object, and every probe attached
-    before it, behind; we attach afterwards, where a failure can clean up.
-    """
-    cls = getattr(bcc, "_ebpfkit_bpf", None)
-    if cls is None:
-
-        class BPF(bcc.BPF):
-            def _trace_autoload(self):
-                pass
-
-        cls = bcc._ebpfkit_bpf = BPF
-    return cls
-
-
 _COMMENTS_STRINGS = re.compile(r'/\*.*?\*/|//[^\n]*|"(?:\\.|[^"\\])*"|^\s*#[^\n]*', re.S | re.M)
-# What LLVM's BPF backend may fail to lower (signed 64-bit division, 128-bit arithmetic);
-# it then aborts or exits the whole process, which in a notebook is a dead kernel.
+# What LLVM's BPF backend may fail to lower (signed 64-bit division, 128-bit arithmetic).
 _RISKY = re.compile(r"[/%]|__int128")
 _BACKEND_ERROR = re.compile(r"(?:Error at line (\d+): )?(.*?)(?:, /virtual/main\.c:(\d+):\d+)?$")
 
 
-def _backend_crash(bcc, src: Source, flags: list[str]) -> str | None:
-    """Compile once in a child process; the compiler's last words if it died there."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: compile, report by exit status, never return
-        status = 3
-        try:
-            os.dup2(write, 1)
-            os.dup2(write, 2)
-            _bpf_class(bcc)(text=src.final, cflags=flags).cleanup()
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        output = pipe.read().decode("utf-8", "replace")
-    _, wait_status = os.waitpid(pid, 0)
-    if os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) in (0, 3):
-        return None  # compiled, or failed the ordinary way: the parent will say how
-    return output
+# What LLVM says when it ends the compile process, what that means in a cell, and the
+# cell's lines that may be the cause.
+_CRASH_MEANINGS = [
+    (
+        r"built-in function '(?:memset|memcpy|memmove)'",
+        "a buffer on the stack is too large to clear or copy: BPF has no memset or memcpy "
+        "calls and a stack of 512 bytes. Use a smaller buffer, or a one-entry "
+        "BPF_PERCPU_ARRAY as scratch space (look it up, then work in the value).",
+        r"\[\s*\d{3,}\s*\]|memset|memcpy|__builtin_mem|= *\{ *\}|\bstruct\s+\w+\s+\w+\s*;",
+    ),
+    (
+        r"stack limit",
+        "the function keeps more than 512 bytes on the stack, BPF's limit. Use smaller "
+        "buffers, or keep them in a one-entry BPF_PERCPU_ARRAY (look it up, then work in "
+        "the value).",
+        r"\[\s*\d{3,}\s*\]",
+    ),
+    (
+        r"__multi3|__u?divti3|__u?modti3|i128|__int128",
+        "BPF has no 128-bit arithmetic: use 64-bit values (u64).",
+        r"__int128|__uint128|__int128_t",
+    ),
+    (
+        r"[Ss]igned division|sdiv|srem",
+        "BPF has no signed 64-bit division or modulo: use unsigned types (u64) for / and %.",
+        r"[/%]|div64_s64|div_s64",
+    ),
+]
 
 
-def explain_backend_crash(src: Source, output: str) -> str:
-    lines = [line for line in output.splitlines() if line and not line.startswith(" ")]
-    first = next((ln for ln in lines if "Error" in ln or "ERROR" in ln), lines[0] if lines else "")
+def explain_backend_crash(src: Source, output: str, died: str = "") -> str:
+    """The compile process ended instead of answering: what LLVM said, the cell's line
+    it is most likely about, and what to do."""
+    lines = [line for line in output.splitlines() if line.strip() and not line.startswith(" ")]
+    first = next(
+        (ln for ln in lines if re.search(r"error|Error|ERROR|LLVM", ln)),
+        lines[-1] if lines else "",
+    )
     m = _BACKEND_ERROR.match(first)
-    what = m.group(2).strip() if m else first
+    what = (m.group(2).strip() if m else first) or "no message"
     reported = int(m.group(1) or m.group(3) or 0) if m else 0
-    # Only the line of the failing operation is known, in BCC's rewritten text: name the
-    # last line of the cell at or before it that does such arithmetic.
+    # LLVM's other form: "error: /virtual/main.c:20:7: in function NAME TYPE: what".
+    m = re.search(r"/virtual/main\.c:(\d+):\d+: (?:in function \S+ .*?\): )?(.*)", first)
+    if m:
+        reported, what = int(m.group(1)), m.group(2).strip() or what
+    # Where the backend only names the place in its dump: "@[ /virtual/main.c:24:104 ]".
+    at = re.search(r"@\[ /virtual/main\.c:(\d+):\d+", output)
+    if at and not reported:
+        reported = int(at.group(1))
+    meaning, suspect = (
+        "the compiler could not finish this program: simplify it, or split it (a loop "
+        "unrolled many times makes a program too large to compile).",
+        r"#pragma|for\s*\(|while\s*\(",
+    )
+    for pattern, text, where_pattern in _CRASH_MEANINGS:
+        if re.search(pattern, output):
+            meaning, suspect = text, where_pattern
+            break
+    # Only the line of the failing operation is known, if at all, in BCC's rewritten
+    # text: name the last line of the cell at or before it that does such a thing.
     cell = src.text.splitlines()
     guess = reported - src.prelude_lines
     candidates = [
         i + 1
         for i, line in enumerate(cell)
-        if _RISKY.search(_COMMENTS_STRINGS.sub("", line)) and (guess <= 0 or i + 1 <= guess)
+        if re.search(suspect, _COMMENTS_STRINGS.sub("", line)) and (guess <= 0 or i + 1 <= guess)
     ]
+    if not candidates and reported and 1 <= guess <= len(cell):
+        candidates = [guess]  # BCC only inserts text: the cell's line is at or before
     where = ""
     if candidates:
         n = candidates[-1]
         where = f"\nline {n}:\n  {n:>4} | {cell[n - 1]}"
+    how = f" ({died})" if died else ""
     return (
-        "the C code compiled, but LLVM's BPF backend cannot translate it: "
-        f"{what}{where}\nBPF has no signed 64-bit division or modulo and no 128-bit "
-        "arithmetic: use unsigned types (u64) for / and %, and 64-bit values."
+        f"the C code could not be compiled: LLVM stopped the compile process{how}: "
+        f"{what}{where}\n{meaning}"
     )
 
 
@@ -576,42 +596,71 @@ def explain_map_refused(src: Source, name: str, why: str) -> str:
     )
 
 
-def compile_source(bcc, src: Source, cflags: list[str] | None = None):
-    """Compile with BCC; attach nothing yet (see ``autoload``).
+def compile_source(bcc, src: Source, cflags: list[str] | None = None, cache: bool = True):
+    """Compile (in the compile process, or from the cache) and load the maps: a BCC
+    ``BPF`` object (loader.py) with nothing loaded or attached yet (see ``autoload``).
 
     CompileError quotes the user's own lines; VerifierError the verifier's last ones.
     If the layout prelude (``Source.use_layout``) is what breaks the compile, the
     program is compiled without it, as bcc would, and ``src.layout`` is then empty.
+    ``cache=False`` neither reads nor writes the cache of compiled programs.
     """
     try:
-        return _compile(bcc, src, cflags)
+        return _compile(bcc, src, cflags, cache)
     except CompileError as e:
         if not src.layout.corrected or "no member named" not in str(e):
             raise
     # A header reached a member the redefinition lacks (a member named through a
     # macro, say): compile as bcc would; the caller warns as for any wrong layout.
     src.use_layout(Prelude())
-    return _compile(bcc, src, cflags)
+    return _compile(bcc, src, cflags, cache)
 
 
-def _compile(bcc, src: Source, cflags: list[str] | None):
+def _compile(bcc, src: Source, cflags: list[str] | None, cache: bool):
+    from . import compiler, loader
+
     flags = ["-w", *(cflags or [])]
-    if _RISKY.search(_COMMENTS_STRINGS.sub("", src.text)):
-        crash = _backend_crash(bcc, src, flags)
-        if crash is not None:
-            raise CompileError(explain_backend_crash(src, crash))
     try:
-        with capture_stderr() as err:
-            b = _bpf_class(bcc)(text=src.final, cflags=flags)
-    except Exception as e:  # noqa: BLE001 - BCC raises plain Exception
-        refused = _MAP_REFUSED.search(err.text)
-        if refused:
-            # It compiled; creating a map in the kernel is what failed.
-            raise MapRefused(explain_map_refused(src, refused["name"], refused["why"])) from None
-        if "Failed to compile" in str(e):
-            raise CompileError(explain_compile_error(src, err.text)) from None
-        raise CompileError(f"BCC failed: {e}\n{err.text[-2000:]}") from None
+        code = compiler.compiled(src.final, flags, cache)
+    except compiler.Failed as e:
+        raise _explain_failure(src, e) from None
+    try:
+        b = loader.load(bcc, code)
+    except loader.MapRefusedByKernel as e:
+        raise MapRefused(explain_map_refused(src, e.name, os.strerror(e.errno))) from None
+    b.compiled_from = (src.final, flags)  # for the verifier's annotated log, if it says no
     return b
+
+
+def _explain_failure(src: Source, e) -> Exception:
+    """One clear error for a compile that gave no program, however it failed."""
+    refused = _MAP_REFUSED.search(e.stderr)
+    if refused:
+        # It compiled; creating a map in the kernel is what failed.
+        return MapRefused(explain_map_refused(src, refused["name"], refused["why"]))
+    if e.died:
+        return CompileError(explain_backend_crash(src, e.stderr, e.died))
+    if "Failed to compile" in str(e):
+        return CompileError(explain_compile_error(src, e.stderr))
+    return CompileError(f"BCC failed: {e}\n{e.stderr[-2000:]}")
+
+
+def verifier_error(bpf, e: Exception, stderr: str = "") -> VerifierError:
+    """The verifier said no to a function of ``bpf``: its log, quoting the C source
+    where BCC's compile process can load it with line info (only on this slow path)."""
+    log = getattr(e, "log", "") or stderr
+    compiled_from = getattr(bpf, "compiled_from", None)
+    if getattr(e, "prog_type", None) is not None and compiled_from is not None:
+        from . import compiler
+
+        text, flags = compiled_from
+        try:
+            annotated = compiler.compiler().compile(text, flags, verify=(e.name, e.prog_type))
+        except compiler.Failed:
+            annotated = ""
+        if "processed" in annotated or "invalid" in annotated.lower():
+            log = annotated
+    return VerifierError(explain_verifier_error(log, e))
 
 
 def autoload(bcc, b) -> None:
@@ -622,11 +671,11 @@ def autoload(bcc, b) -> None:
     """
     try:
         with capture_stderr() as err:
-            bcc.BPF._trace_autoload(b)
+            b._trace_autoload()
     except BaseException as e:
         b.cleanup()
         if isinstance(e, Exception) and "Failed to load" in str(e):
-            raise VerifierError(explain_verifier_error(err.text, e)) from None
+            raise verifier_error(b, e, err.text) from None
         raise
 
 
@@ -637,5 +686,5 @@ def load_or_explain(bpf, fn_name: str, prog_type: int):
             return bpf.load_func(fn_name, prog_type)
     except Exception as e:  # noqa: BLE001
         if "Failed to load" in str(e) or "Permission denied" in str(e) or "Invalid" in str(e):
-            raise VerifierError(explain_verifier_error(err.text, e)) from None
+            raise verifier_error(bpf, e, err.text) from None
         raise

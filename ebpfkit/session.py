@@ -161,6 +161,7 @@ class Session:
         memory_budget: int | str | None = None,
         on_budget: str = "stop",
         spill_dir: str | None = None,
+        cache: bool = True,
         **by_kind: Iterable[str] | str | None,
     ):
         # The probes by kind, one keyword per entry of kinds.KINDS: kprobe=, tracepoint= ...
@@ -186,6 +187,7 @@ class Session:
         self.hist = dict(hist or {})
         self.cflags = list(cflags)
         self.exact = exact
+        self.cache = cache
         self.on_warning = on_warning
         self.on_note = on_note
         self.warnings: list[str] = []
@@ -223,7 +225,9 @@ class Session:
 
     def start(self) -> Session:
         """Compile, open the buffers and attach every probe; on any failure, clean up."""
-        # A second run of the same Session begins afresh (each buffer has its loss slot).
+        # A second run of the same Session begins afresh (each buffer has its loss slot),
+        # the first one's programs detached: started twice, they would stay attached.
+        self.close()
         self.channels, self.printk, self.stop_reason = [], None, ""
         if self.on_budget == "spill":
             # Imported before the trace: at the first spill it would stall the reading.
@@ -245,13 +249,17 @@ class Session:
             raise
         bcc = _bcc()
         self._check_names()
-        self.src = program.prepare(
-            self.source, pid=self.pid, comm=self.comm, fn_names={s.fn for s in self.specs}
-        )
-        if self.src.uses_printk:
-            check_trace_pipe(self)  # a background trace of ours may hold trace_pipe
-        self._compile(bcc)
         try:
+            self.src = program.prepare(
+                self.source,
+                pid=self.pid,
+                comm=self.comm,
+                fn_names={s.fn for s in self.specs},
+                generated=kinds.prepare_all(self.specs, self.pid),
+            )
+            if self.src.uses_printk:
+                check_trace_pipe(self)  # a background trace of ours may hold trace_pipe
+            self._compile(bcc)
             # After compiling: a cell that does not compile says so first.
             check_something_attaches(self.specs, self.source)
             self._open_channels(bcc)
@@ -285,7 +293,7 @@ class Session:
             # would meet the redefined structs.
             self.src.use_layout(exact.build_prelude(program.INCLUDES + self.source))
         # Compiled without the prelude where it is what breaks the cell (src.layout empty).
-        self.bpf = program.compile_source(bcc, self.src, self.cflags)
+        self.bpf = program.compile_source(bcc, self.src, self.cflags, cache=self.cache)
         for note in self.src.layout.notes:
             self._note(note)
         found = layout.mismatches(self.source, skip=self.src.layout.corrected)
@@ -355,6 +363,7 @@ class Session:
                     self.bpf.cleanup()
                 finally:
                     self.bpf = None
+            kinds.release_all(self.specs)  # after the probes that needed it are detached
 
     def __enter__(self) -> Session:
         return self.start()
@@ -558,18 +567,8 @@ class Session:
         return out
 
     def _tables(self, bcc):
-        import ctypes
-
-        lib = bcc.libbcc.lib
-        # bcc's Python side declares neither; without restype a name comes back as int.
-        lib.bpf_num_tables.restype = ctypes.c_ulonglong
-        lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
-        lib.bpf_table_name.restype = ctypes.c_char_p
-        lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong]
-        for i in range(lib.bpf_num_tables(self.bpf.module)):
-            name = lib.bpf_table_name(self.bpf.module, i).decode()
-            ttype = lib.bpf_table_type_id(self.bpf.module, i)
-            yield name, ttype
+        """(name, map type) of each of the program's maps."""
+        return self.bpf.table_types()
 
     def _stack_table(self):
         bcc = _bcc()
@@ -796,7 +795,7 @@ def load(source: str, **options) -> list[str]:
     src = program.prepare(source)
     specs = specs_of({k: v for k, v in options.items() if k in kinds.KINDS})
     attach.assign_functions(specs, source)
-    b = program.compile_source(bcc, src, options.get("cflags"))
+    b = program.compile_source(bcc, src, options.get("cflags"), cache=options.get("cache", True))
     try:
         for spec in specs:
             prog_type = getattr(bcc.BPF, kinds.KINDS[spec.kind].program_type)

@@ -22,8 +22,6 @@ from helpers import needs_root
 from ebpfkit.exact import (
     Prelude,
     build_prelude,
-    corrected_structs,
-    exact_prelude,
     hoisted_directives,
 )
 
@@ -295,8 +293,6 @@ def test_notes_name_what_was_corrected(measured):
     for member in ("pid", "tgid", "real_parent", "comm"):
         assert member in task
     assert prelude.corrected >= {"task_struct", "mm_struct", "inode"}
-    # The former API, for session.py: the same tags, from the object or from the text.
-    assert corrected_structs(prelude) == corrected_structs(prelude.text) == prelude.corrected
 
 
 @needs_kernel
@@ -480,7 +476,6 @@ int f(struct pt_regs *ctx) {
 }
 """
     assert build_prelude(src) == Prelude()
-    assert exact_prelude(src) == ("", [])
 
 
 @needs_kernel
@@ -493,7 +488,6 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
 }
 """
     assert build_prelude(src) == Prelude()
-    assert exact_prelude(src) == ("", [])
 
 
 def test_hoisted_directives_keep_defines_before_includes():
