@@ -146,6 +146,13 @@ class BpfMagics(Magics, Configurable):
         "the events to disk and go on (%%config BpfMagics.on_budget)",
     )
     @argument(
+        "-W",
+        "--workload-only",
+        action="store_true",
+        help="keep only the events of the --run command and every process it starts, "
+        "children started during the trace included (filtered in the kernel)",
+    )
+    @argument(
         "--no-cache",
         action="store_true",
         help="compile afresh: neither use nor keep a compiled program (%%config BpfMagics.cache)",
@@ -270,6 +277,7 @@ class BpfMagics(Magics, Configurable):
                 "memory_budget": args.memory_budget or self.memory_budget,
                 "on_budget": args.on_budget or self.on_budget,
                 "cache": self.cache and not args.no_cache,
+                "workload_only": args.workload_only,
                 "on_warning": printer("warning"),
                 "on_note": printer("note"),
             },

@@ -35,9 +35,46 @@ static inline __attribute__((always_inline)) int __ebpfkit_skip(void) {{
     u64 __id = bpf_get_current_pid_tgid();
     if ({pid} != 0 && (__id >> 32) != {pid}) return 1;
     {comm}
+    {scope}
     return 0;
 }}
 """
+
+# The workload's scope, kept in the kernel: the processes of the workload (1) and the
+# gate that starts it (2: its children are in, it is not; session.py). A fork from a
+# process in the map adds the child, whichever thread forks; an exit removes the task.
+SCOPE_MAP = "__ebpfkit_scope"
+SCOPE_FULL_MAP = "__ebpfkit_scope_full"
+SCOPE_PROBES = {
+    "__ebpfkit_fork": "sched:sched_process_fork",
+    "__ebpfkit_exit": "sched:sched_process_exit",
+}
+_SCOPE = """\
+BPF_HASH(__ebpfkit_scope, u32, u8, {entries});
+BPF_PERCPU_ARRAY(__ebpfkit_scope_full, u64, 1);
+int __ebpfkit_fork(void *ctx) {{
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (!__ebpfkit_scope.lookup(&parent)) return 0;
+    u32 child = *(s32 *)((char *)ctx + {child_pid_offset});
+    u8 in = 1;
+    if (__ebpfkit_scope.update(&child, &in) < 0) {{
+        int k = 0;
+        u64 *full = __ebpfkit_scope_full.lookup(&k);
+        if (full) *full += 1;
+    }}
+    return 0;
+}}
+int __ebpfkit_exit(void *ctx) {{
+    u32 task = bpf_get_current_pid_tgid();
+    __ebpfkit_scope.delete(&task);
+    return 0;
+}}
+"""
+_IN_SCOPE = (
+    "u32 __tgid = __id >> 32; u8 *__in = __ebpfkit_scope.lookup(&__tgid); "
+    "if (!__in || *__in != 1) return 1;"
+)
+SCOPE_ENTRIES = 65536
 
 # Functions that bcc attaches by their names, and the macros that declare probes.
 AUTO_PREFIXES = (
@@ -250,9 +287,12 @@ def prepare(
     comm: str | None = None,
     fn_names: set[str] | None = None,
     generated: str = "",
+    scope_child_offset: int | None = None,
 ) -> Source:
     """``text`` made ready for BCC; ``generated``: C the probe kinds made for it
-    (kinds.prepare_all), placed in our prelude, before the user's first line."""
+    (kinds.prepare_all), placed in our prelude, before the user's first line.
+    ``scope_child_offset``: keep only the workload's events (``SCOPE_MAP``); the offset
+    of ``child_pid`` in sched_process_fork's record, read from its format file."""
     src = Source(text=text)
     code = ctext.blank(text)  # what is declared and called, not what comments mention
     src.ring_buffers = _RINGBUF_DECL.findall(code)
@@ -269,8 +309,15 @@ def prepare(
         prelude += f"BPF_PERCPU_ARRAY({PRINTK_MAP}, u64, 1);\n"
         body, tagged = count_printk(body, tag)
         src.printk_tag = tag if tagged else None
-    if pid or comm:
-        prelude += _FILTER.format(pid=int(pid or 0), comm=comm_filter(comm) if comm else "")
+    scoped = scope_child_offset is not None
+    if scoped:
+        prelude += _SCOPE.format(entries=SCOPE_ENTRIES, child_pid_offset=int(scope_child_offset))
+    if pid or comm or scoped:
+        prelude += _FILTER.format(
+            pid=int(pid or 0),
+            comm=comm_filter(comm) if comm else "",
+            scope=_IN_SCOPE if scoped else "",
+        )
         body = inject_filter(body, fn_names or set())
     src.prelude, src.body = prelude, body
     src.use_layout(Prelude())

@@ -38,6 +38,11 @@ POLL_MS = 50
 QUICK_FAILURE = 1.0  # s: a workload that fails sooner than this did not really run
 STDERR_TAIL = 4096  # bytes of the workload's stderr kept for the result
 # Tables that are plumbing rather than results.
+_OUR_MAPS = (program.LOST_MAP, program.PRINTK_MAP, program.SCOPE_MAP, program.SCOPE_FULL_MAP)
+_WORKLOAD_ONLY_NEEDS_RUN = (
+    "--workload-only keeps the events of the --run command and the processes it starts: "
+    "give the command with --run"
+)
 _SKIP_TABLES = {frames.PERF_EVENT_ARRAY, frames.RINGBUF, frames.STACK_TRACE, frames.PROG_ARRAY}
 
 
@@ -162,6 +167,7 @@ class Session:
         on_budget: str = "stop",
         spill_dir: str | None = None,
         cache: bool = True,
+        workload_only: bool = False,
         **by_kind: Iterable[str] | str | None,
     ):
         # The probes by kind, one keyword per entry of kinds.KINDS: kprobe=, tracepoint= ...
@@ -188,6 +194,8 @@ class Session:
         self.cflags = list(cflags)
         self.exact = exact
         self.cache = cache
+        # Keep, in the kernel, only the events of the workload's processes (run(workload=)).
+        self.workload_only = workload_only
         self.on_warning = on_warning
         self.on_note = on_note
         self.warnings: list[str] = []
@@ -256,6 +264,7 @@ class Session:
                 comm=self.comm,
                 fn_names={s.fn for s in self.specs},
                 generated=kinds.prepare_all(self.specs, self.pid),
+                scope_child_offset=_child_pid_offset() if self.workload_only else None,
             )
             if self.src.uses_printk:
                 check_trace_pipe(self)  # a background trace of ours may hold trace_pipe
@@ -268,6 +277,9 @@ class Session:
                 self.printk = channels.PrintkReader(self.src.printk_tag)
             for spec in self.specs:
                 attach.attach(bcc, self.bpf, spec, pid=self.pid)
+            if self.workload_only:
+                for fn, tracepoint in program.SCOPE_PROBES.items():
+                    self.bpf.attach_tracepoint(tp=tracepoint, fn_name=fn)
         except BaseException:
             self.close()
             raise
@@ -392,7 +404,14 @@ class Session:
 
         return watched(progress, self, lambda view: self._run(duration, workload, view))
 
+    def _admit(self, gate: int) -> None:
+        """The workload's gate into the scope: every process it starts is traced, it not."""
+        table = self.bpf[program.SCOPE_MAP]
+        table[table.Key(gate)] = table.Leaf(2)
+
     def _run(self, duration, workload, progress) -> TraceResult:
+        if self.workload_only and not workload:
+            raise BadArguments(_WORKLOAD_ONLY_NEEDS_RUN)
         limit = duration or (WORKLOAD_LIMIT if workload else DEFAULT_DURATION)
         if self.bpf is None:
             self.start()
@@ -409,8 +428,10 @@ class Session:
             deadline.start()
             if workload:
                 out = tempfile.TemporaryFile()
-                # Started after every probe is attached, so the trace sees it from the start.
-                proc, errors = _start_workload(workload, out)
+                # Started after every probe is attached, so the trace sees it from the start;
+                # in the workload's scope, once its gate is in the scope map.
+                admit = self._admit if self.workload_only else None
+                proc, errors = _start_workload(workload, out, admit)
             while True:
                 elapsed = time.monotonic() - start
                 if elapsed >= limit or self.stop_reason:
@@ -485,6 +506,8 @@ class Session:
             )
             stacks = self._stack_table()
             self._budget_said(result)
+            if self.workload_only:
+                self._scope_said(result)
             for c in self.channels:
                 alloc = None
                 if self.budget is not None and c.store is not None:
@@ -508,6 +531,17 @@ class Session:
             if self.budget is not None:
                 self.budget.cleanup()
             self.close()
+
+    def _scope_said(self, result: TraceResult) -> None:
+        """Processes the scope map had no room for: their events are missing, say so."""
+        missed = sum(self.bpf[program.SCOPE_FULL_MAP][0])
+        if missed:
+            text = (
+                f"{missed:,} processes of the workload were started while the scope map was "
+                f"full ({program.SCOPE_ENTRIES:,} processes): their events are not in the trace"
+            )
+            self._warn(text)
+            result.warnings.append(text)
 
     def _budget_said(self, result: TraceResult) -> None:
         """What the memory budget did, in the result and as it happens."""
@@ -584,7 +618,7 @@ class Session:
         ncpus = len(bcc.utils.get_possible_cpus())
         out = {}
         for name, ttype in self._tables(bcc):
-            if ttype in _SKIP_TABLES or name in (program.LOST_MAP, program.PRINTK_MAP):
+            if ttype in _SKIP_TABLES or name in _OUR_MAPS:
                 continue
             table = self.bpf[name]
             if name in histograms:
@@ -659,25 +693,53 @@ class _StderrCopy(threading.Thread):
         return self.tail.decode("utf-8", "replace")
 
 
-def _start_workload(workload: str, out) -> tuple[subprocess.Popen, _StderrCopy]:
-    """The workload under /bin/sh: stdout to ``out``, stderr to ``out`` and kept aside."""
+# The gate of a workload in scope: a shell that waits on its stdin until it is in the
+# scope map, then runs the workload as its child (so the gate's own start is not traced).
+_GATE = 'read -r go && exec </dev/null && /bin/sh -c "$0"'
+
+
+def _start_workload(
+    workload: str, out, admit: Callable[[int], None] | None = None
+) -> tuple[subprocess.Popen, _StderrCopy]:
+    """The workload under /bin/sh: stdout to ``out``, stderr to ``out`` and kept aside.
+
+    ``admit(pid)``: called with the pid of the gate before the workload may start.
+    """
     read, write = os.pipe()
+    gate_read, gate_write = os.pipe() if admit else (None, None)
     try:
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", workload],
+            ["/bin/sh", "-c", _GATE, workload] if admit else ["/bin/sh", "-c", workload],
             stdout=out,
             stderr=write,
-            stdin=subprocess.DEVNULL,
+            stdin=gate_read if admit else subprocess.DEVNULL,
             start_new_session=True,
         )
+        if admit:
+            try:
+                admit(proc.pid)
+                os.write(gate_write, b"go\n")
+            except BaseException:
+                _kill_group(proc)
+                raise
     except BaseException:
         os.close(read)
         raise
     finally:
         os.close(write)
+        for fd in (gate_read, gate_write):
+            if fd is not None:
+                os.close(fd)
     copy = _StderrCopy(read, out)
     copy.start()
     return proc, copy
+
+
+def _child_pid_offset() -> int:
+    """Where sched_process_fork's record keeps ``child_pid`` on this kernel (its format file:
+    6.18 moved the comms to __data_loc, so the offset is not the headers')."""
+    fields = probes.tracepoint_fields("sched", "sched_process_fork")
+    return next(f["offset"] for f in fields if f["name"] == "child_pid")
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -712,6 +774,8 @@ class Run:
 
     def __post_init__(self) -> None:
         check_duration(self.duration)
+        if self.options.get("workload_only") and not self.workload:
+            raise BadArguments(_WORKLOAD_ONLY_NEEDS_RUN)
 
     def session(self) -> Session:
         """The Session of this run, its options checked (nothing compiled yet)."""

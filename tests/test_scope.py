@@ -1,0 +1,97 @@
+"""--workload-only: the workload's processes and all their descendants, filtered in the kernel.
+
+A workload whose children and grandchildren make known numbers of getppid() calls runs
+beside a decoy making the same calls under the same name: the scoped trace counts the
+workload's calls exactly and none of the decoy's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from helpers import bpf, needs_root, prog_ids
+
+from ebpfkit.errors import BadArguments
+from ebpfkit.session import Run
+
+COUNT = """
+BPF_HASH(calls, u32, u64);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
+    char comm[16];
+    bpf_get_current_comm(&comm, sizeof(comm));
+    if (comm[0] != 's' || comm[1] != 'c' || comm[2] != 'o' || comm[3] != 'p') return 0;
+    u32 k = 0;
+    calls.increment(k);
+    return 0;
+}
+"""
+
+
+def _forking_workload(loop: str) -> tuple[str, int]:
+    """A shell whose children and grandchildren (some in the background, some started
+    late) call getppid() under the name ``scoped``; and the total they make."""
+    cmd = (
+        f"{loop} scoped 100; "
+        f"( {loop} scoped 200; ( {loop} scoped 300 ) ); "
+        f"sh -c '{loop} scoped 400 & {loop} scoped 500 & wait'; "
+        f"sleep 0.2; {loop} scoped 600"
+    )
+    return cmd, 100 + 200 + 300 + 400 + 500 + 600
+
+
+@pytest.fixture
+def decoy(getppid_loop):
+    """The same calls under the same name, all through the trace, outside the workload."""
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", f"while :; do {getppid_loop} scoped 1000; done"],
+        start_new_session=True,
+    )
+    yield proc
+    proc.kill()
+    subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
+    proc.wait()
+
+
+def _total(result) -> int:
+    return int(result.maps["calls"]["value"].sum())
+
+
+@needs_root
+def test_the_scope_sees_every_descendant_and_no_decoy(getppid_loop, decoy, ip):
+    workload, expected = _forking_workload(getppid_loop)
+    before = prog_ids()
+    result = bpf(ip, f'--workload-only --run "{workload}"', COUNT)
+    assert result.exit_code == 0
+    assert _total(result) == expected
+    assert prog_ids() <= before, "the scope's probes outlived the cell"
+
+
+@needs_root
+def test_without_the_scope_the_decoy_is_counted(getppid_loop, decoy, ip):
+    """The check above can fail: the decoy's calls are there to be counted."""
+    workload, expected = _forking_workload(getppid_loop)
+    result = bpf(ip, f'--run "{workload}"', COUNT)
+    assert _total(result) > expected
+
+
+@needs_root
+def test_the_scope_from_python(getppid_loop, decoy):
+    import ebpfkit
+
+    workload, expected = _forking_workload(getppid_loop)
+    result = ebpfkit.trace(COUNT, run=workload, workload_only=True)
+    assert _total(result) == expected
+    # Every probe kind is filtered: a second probe, by option, sees the same scope.
+    both = COUNT.replace("TRACEPOINT_PROBE(syscalls, sys_enter_getppid)", "int on_call(void *ctx)")
+    result = ebpfkit.trace(
+        both, tracepoint="syscalls:sys_enter_getppid", run=workload, workload_only=True
+    )
+    assert _total(result) == expected
+
+
+def test_the_scope_needs_a_workload(ip):
+    with pytest.raises(BadArguments, match="--run"):
+        bpf(ip, "--workload-only -d 0.1", COUNT)
+    with pytest.raises(BadArguments, match="--run"):
+        Run(COUNT, {"workload_only": True}, duration=1)
