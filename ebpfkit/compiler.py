@@ -85,6 +85,10 @@ class Compiler:
             stderr=self._err,
             env=env,
             close_fds=True,
+            # Its own process group: signals for the notebook's group (ipykernel's
+            # shutdown terminates and waits for that group's children, and would wait on
+            # this one as a zombie) are not for it; it ends with its parent (serve).
+            start_new_session=True,
         )
         try:
             json.loads(self._read_line(self._proc))  # {"ready": true}: BCC imported
