@@ -15,6 +15,7 @@ naming the C function (the default is the cell's only probe function)::
     uprobe        c:malloc (library name or path, then symbol)
     uretprobe     /bin/bash:readline=on_line
     perf          cpu-clock:99  (event, then frequency in Hz; hardware events too)
+    usdt          python3:function__entry  (binary, then [provider:]probe; long option only)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import probes
+from . import probes, usdt
 from .errors import AttachError, BadArguments, EbpfkitError, FeatureMissing, ProbeNotFound
 
 
@@ -46,7 +47,7 @@ class Kind:
     """A probe kind: its names, how its target is written and checked, how it attaches."""
 
     name: str  # the option (--kprobe), Session's keyword (kprobe=), a spec's kind
-    letter: str  # the magic's short option: -k
+    letter: str  # the magic's short option: -k ("" for none: --usdt has no free letter)
     metavar: str  # the option's argument in %%bpf? : FUNC[=fn]
     help: str  # the option's help line
     example: str  # a target that works, quoted in error texts
@@ -71,6 +72,9 @@ class Kind:
     # name alone (a misspelt name must not hide behind a stand-in).
     stand_ins: Callable[[str], list[str]] | None = None
     check_name: Callable[[str], object] | None = None
+    # A note about a target that works as asked but costs or changes something (a USDT
+    # probe's semaphore, raised in the traced processes); None if none.
+    note: Callable[[str], str | None] | None = None
     # prepare(spec, pid): C the program needs for this probe, made before it is compiled
     # (USDT's argument readers), keeping what attach needs in ``spec.state``;
     # release(spec) frees that after the probe is detached. None: nothing to make.
@@ -83,7 +87,12 @@ class Kind:
 
     @property
     def short(self) -> str:
-        return f"-{self.letter}"
+        return f"-{self.letter}" if self.letter else ""
+
+    @property
+    def option_strings(self) -> list[str]:
+        """The magic's and the tools' spellings of the option: ``-k --kprobe``, ``--usdt``."""
+        return [o for o in (self.short, self.option) if o]
 
 
 FALLBACK_KIND = "tracepoint"  # what --fallback attaches in place of a kind this kernel lacks
@@ -224,6 +233,50 @@ def _explain_perf(target: str, detail: str) -> EbpfkitError | None:
     )
 
 
+# --- USDT probes -----------------------------------------------------------------------------
+
+
+def _split_usdt(target: str) -> tuple[str, str] | None:
+    parts = usdt.split_target(target)
+    return (parts[0], ":".join(p for p in parts[1:] if p)) if parts else None
+
+
+def _prepare_usdt(spec: Spec, pid: int | None) -> str:
+    """The argument readers of the probe's function; its sites kept for attach."""
+    sites = usdt.find(spec.target)
+    spec.state = sites
+    return usdt.reader_c(sites, spec.fn)
+
+
+def _attach_usdt(bcc, bpf, spec: Spec, pid: int | None) -> None:
+    # A uprobe at each site, through perf's uprobe PMU with the semaphore's offset, so
+    # the kernel raises the semaphore while attached (usdt.open_site); the descriptors
+    # go in BCC's uprobe table, whose detach and cleanup close them.
+    sites = spec.state if spec.state is not None else usdt.find(spec.target)
+    fn = bpf.load_func(spec.fn.encode(), bcc.BPF.KPROBE)
+    for site in sites:
+        name = usdt.event_name(site, pid)
+        if name in bpf.uprobe_fds:
+            raise AttachError(
+                f"{spec}: this USDT probe already has a function attached in this cell; "
+                "put both pieces of work in one function"
+            )
+        bpf.uprobe_fds[name] = usdt.open_site(site, fn.fd, pid)
+
+
+def _semaphore_note(target: str) -> str | None:
+    sites = usdt.find(target)
+    site = sites[0]
+    if not site.semaphore:
+        return None
+    return (
+        f"USDT probe {site.full_name} in {site.path} is behind a semaphore: the program "
+        "computes its arguments only while the semaphore is raised. The kernel raises it "
+        "while the probe is attached, in the traced process (--pid) or in every process "
+        "running that binary, and lowers it when the probe is detached."
+    )
+
+
 # --- the registry ----------------------------------------------------------------------------
 
 # probes' functions are looked up when called (lambdas), so that a test may stand in for one.
@@ -311,6 +364,24 @@ _KINDS = (
         program_type="PERF_EVENT",
         explain=_explain_perf,
     ),
+    Kind(
+        name="usdt",
+        letter="",
+        metavar="BIN:[PROVIDER:]PROBE[=fn]",
+        help="attach fn to a USDT (static) probe of a binary, e.g. --usdt "
+        "python3:function__entry; read its arguments with bpf_usdt_readarg(N, ctx, &x) "
+        "or bpf_usdt_readarg_p(N, ctx, buf, size) for strings; `ebpfkit usdt BIN` "
+        "lists them. With --pid (or --pid self, this notebook) only that process",
+        example="python3:function__entry",
+        noun="USDT probe",
+        form="BINARY:[PROVIDER:]PROBE",
+        check=lambda target: usdt.check(target),
+        attach=_attach_usdt,
+        program_type="KPROBE",
+        split=_split_usdt,
+        note=_semaphore_note,
+        prepare=_prepare_usdt,
+    ),
 )
 
 KINDS: dict[str, Kind] = {k.name: k for k in _KINDS}
@@ -372,11 +443,25 @@ def stand_in(kind: str, target: str) -> str | None:
 
 
 def fall_back(specs: list[Spec], fallback: list[Spec]) -> tuple[list[Spec], str]:
-    """The specs to attach, and a note when ``fallback`` stands in for kinds this kernel lacks.
+    """The specs to attach, and what the user should be told about them.
 
-    Without a fallback, or where every kind can attach, the specs are kept and the note
-    is empty (a kind that cannot attach then fails its check with the kernel's reason).
+    The note says where ``fallback`` stands in for kinds this kernel lacks, and what
+    the kinds' ``note`` hooks say about the specs kept (a USDT probe's semaphore).
+    Without a fallback, or where every kind can attach, the specs are kept (a kind that
+    cannot attach then fails its check with the kernel's reason).
     """
+    kept, note = _fall_back(specs, fallback)
+    said = [note] if note else []
+    for spec in kept:
+        hook = KINDS[spec.kind].note
+        text = hook(spec.target) if hook is not None else None
+        if text and text not in said:
+            said.append(text)
+    return kept, " ".join(said)
+
+
+def _fall_back(specs: list[Spec], fallback: list[Spec]) -> tuple[list[Spec], str]:
+    """The specs to attach, and a note when ``fallback`` stands in for kinds this kernel lacks."""
     if not fallback:
         return specs, ""
     missing, why = [], ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
@@ -30,9 +31,19 @@ def _probe_options(func):
     """The magic's option of each probe kind (-k/--kprobe ...), from the registry, in its order."""
     for kind in reversed(KINDS.values()):
         func = argument(
-            kind.short, kind.option, action="append", metavar=kind.metavar, help=kind.help
+            *kind.option_strings, action="append", metavar=kind.metavar, help=kind.help
         )(func)
     return func
+
+
+def _pid(text: str) -> int:
+    """``--pid``'s value: a process id, or ``self`` for this notebook's own process."""
+    if text.strip().lower() == "self":
+        return os.getpid()
+    try:
+        return int(text)
+    except ValueError:
+        raise BadArguments(f"--pid {text!r}: give a process id, or self (this notebook)") from None
 
 
 def _given(args) -> dict:
@@ -103,7 +114,12 @@ class BpfMagics(Magics, Configurable):
         help="shell command started after the probes attach, e.g. --run 'ls; cat /etc/hostname'",
     )
     @argument("-n", "--max-events", type=int, help="stop after this many events")
-    @argument("-p", "--pid", type=int, help="only this process (checked in the kernel)")
+    @argument(
+        "-p",
+        "--pid",
+        type=_pid,
+        help="only this process (checked in the kernel); self: this notebook's own process",
+    )
     @argument("-c", "--comm", help="only processes with this command name (checked in the kernel)")
     @argument("-o", "--out", metavar="NAME", help="also store the result in this variable")
     @argument(

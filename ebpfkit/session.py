@@ -187,7 +187,7 @@ class Session:
         channels.budget_bytes(memory_budget)  # a value it cannot read is an error now
         self.memory_budget, self.on_budget, self.spill_dir = memory_budget, on_budget, spill_dir
         self.budget: channels.MemoryBudget | None = None
-        self.pid, self.comm = pid, comm
+        self.pid, self.comm = (os.getpid() if pid == "self" else pid), comm  # self: this process
         self.max_events = max_events
         self.perf_pages = perf_pages
         self.hist = dict(hist or {})
