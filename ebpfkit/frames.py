@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from . import mapread
+
 # C type spellings BCC reports for event fields -> numpy scalar types.
 _C_TYPES = {
     "char": "i1",
@@ -223,7 +225,7 @@ def _ctype_columns(value, prefix: str) -> dict:
     """Flatten a ctypes value (scalar, struct, array) into named Python values."""
     if isinstance(value, ctypes.Structure) or isinstance(value, ctypes.Union):
         out = {}
-        for fname, _ftype in value._fields_:
+        for fname, *_type_and_bits in value._fields_:
             if fname.startswith("__pad"):  # padding BCC adds to match the C layout
                 continue
             out.update(_ctype_columns(getattr(value, fname), fname))
@@ -240,24 +242,25 @@ def _ctype_columns(value, prefix: str) -> dict:
 
 
 def map_frame(table, map_type: int, ncpus: int):
-    """A hash or array map as a DataFrame: key columns, then value columns."""
+    """A hash or array map as a DataFrame: key columns, then value columns.
+
+    The map is read in bulk (mapread.py) and each column cut from the entries' bytes
+    with numpy, with the names and dtypes bcc's ``items()`` rows would give.
+    """
     import pandas as pd
 
-    rows = []
-    percpu = map_type in (PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH)
-    for k, v in table.items():
-        row = _ctype_columns(k, "key")
-        if percpu:
-            values = [int(x.value if hasattr(x, "value") else x) for x in v][:ncpus]
-            for cpu, x in enumerate(values):
-                row[f"cpu{cpu}"] = x
-            row["value"] = sum(values)
+    data = mapread.read(table)
+    if not len(data):
+        return pd.DataFrame([])
+    try:
+        columns = _type_columns(data.keys, data.key_type, "key")
+        if data.percpu:
+            columns.update(_percpu_columns(data.values, data.value_type, ncpus))
         else:
-            row.update(_ctype_columns(v, "value"))
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
+            columns.update(_type_columns(data.values, data.value_type, "value"))
+        df = pd.DataFrame(columns)
+    except _Opaque:
+        df = pd.DataFrame(_ctype_rows(data, ncpus))
     if map_type in (ARRAY, PERCPU_ARRAY):
         return df.sort_values(list(df.columns[:1])).reset_index(drop=True)
     if "value" in df.columns and pd.api.types.is_numeric_dtype(df["value"]):
@@ -273,18 +276,18 @@ def histogram_frame(table, kind: str):
     """
     import pandas as pd
 
-    counts: dict = {}
-    sections: set = set()
-    for k, v in table.items():
-        key = _ctype_columns(k, "key")
-        slot_name = "slot" if "slot" in key else "key"
-        slot = int(key.pop(slot_name))
-        section = tuple(key.items())
-        sections.add(section)
-        counts[(section, slot)] = counts.get((section, slot), 0) + int(v.value)
+    data = mapread.read(table)
+    try:
+        counts, sections = _histogram_counts(data)
+    except _Opaque:
+        counts, sections = _histogram_counts_by_row(data)
+    filled: dict = {}  # section -> its buckets with a count
+    for (section, slot), count in counts.items():
+        if count:
+            filled.setdefault(section, []).append(slot)
     rows = []
     for section in sorted(sections):
-        slots = [s for (sec, s), c in counts.items() if sec == section and c]
+        slots = filled.get(section)
         if not slots:
             continue
         for slot in range(min(slots), max(slots) + 1):
@@ -306,6 +309,194 @@ def histogram_frame(table, kind: str):
             "count",
         ],
     )
+
+
+def _histogram_counts(data: mapread.MapData) -> tuple[dict, set]:
+    """Each (section, bucket)'s count and the sections, summed with numpy: a section is the
+    key's fields other than its bucket (``slot``, or the key itself), as (name, value) pairs."""
+    import pandas as pd
+
+    if data.percpu or not _is_number(data.value_type) or data.values.dtype.kind not in "iu":
+        raise _Opaque  # not a plain count per entry: as bcc's rows would be read
+    if not len(data):
+        return {}, set()
+    key = _type_columns(data.keys, data.key_type, "key")
+    slot_name = "slot" if "slot" in key else "key"
+    slot = key.pop(slot_name)
+    if not isinstance(slot, np.ndarray) or slot.dtype != np.int64:
+        raise _Opaque
+    names, codes, uniques = list(key), [], []
+    for name in names:
+        column = key[name]
+        if not isinstance(column, np.ndarray):
+            raise _Opaque  # a list per entry: no section can be made of it
+        code, unique = pd.factorize(column, use_na_sentinel=False)
+        codes.append(code.astype(np.int64))
+        uniques.append(unique.tolist() if isinstance(unique, np.ndarray) else list(unique))
+    groups, inverse = np.unique(np.stack([*codes, slot], axis=1), axis=0, return_inverse=True)
+    sums = np.zeros(len(groups), np.uint64 if data.values.dtype.kind == "u" else np.int64)
+    np.add.at(sums, inverse.reshape(-1), data.values.astype(sums.dtype))
+    counts, sections = {}, set()
+    for group, count in zip(groups.tolist(), sums.tolist()):
+        section = tuple((n, u[c]) for n, u, c in zip(names, uniques, group))
+        sections.add(section)
+        counts[(section, group[-1])] = count
+    return counts, sections
+
+
+def _histogram_counts_by_row(data: mapread.MapData) -> tuple[dict, set]:
+    """The same counts, entry by entry through ctypes values (bitfields, odd types)."""
+    counts: dict = {}
+    sections: set = set()
+    for k, v in _ctype_items(data):
+        key = _ctype_columns(k, "key")
+        slot_name = "slot" if "slot" in key else "key"
+        slot = int(key.pop(slot_name))
+        section = tuple(key.items())
+        sections.add(section)
+        counts[(section, slot)] = counts.get((section, slot), 0) + int(v.value)
+    return counts, sections
+
+
+# ctypes scalar codes that numpy reads as they are: integers, bool, float, double.
+_NUMBER_CODES = frozenset("bBhHiIlLqQ?fd")
+
+
+class _Opaque(Exception):
+    """A type the column path does not take apart (bitfields, single and wide chars, long
+    double, arrays of structs): its entries become ctypes values one by one instead."""
+
+
+def _is_number(ctype) -> bool:
+    return (
+        isinstance(ctype, type)
+        and issubclass(ctype, ctypes._SimpleCData)
+        and ctype._type_ in _NUMBER_CODES
+    )
+
+
+def _raw(values: np.ndarray) -> np.ndarray:
+    """An array's entries as rows of bytes."""
+    values = np.ascontiguousarray(values)
+    return values.reshape(-1).view(np.uint8).reshape(len(values), -1)
+
+
+def _type_columns(values: np.ndarray, ctype, prefix: str) -> dict:
+    """The columns ``_ctype_columns`` would name for entries of ``ctype``, in its order."""
+    out: dict = {}
+    _field_columns(ctype, _raw(values), 0, prefix, out)
+    return out
+
+
+def _field_columns(ctype, raw: np.ndarray, offset: int, prefix: str, out: dict) -> None:
+    if issubclass(ctype, (ctypes.Structure, ctypes.Union)):
+        for field in ctype._fields_:
+            name, ftype = field[0], field[1]
+            if name.startswith("__pad"):  # padding BCC adds to match the C layout
+                continue
+            if len(field) > 2:
+                out[name] = _bitfield(ctype, field, raw, offset)
+            else:
+                _field_columns(ftype, raw, offset + getattr(ctype, name).offset, name, out)
+    elif issubclass(ctype, ctypes.Array):
+        if ctype._type_ in (ctypes.c_char, ctypes.c_byte, ctypes.c_ubyte):
+            out[prefix] = _texts(raw[:, offset : offset + ctype._length_])
+        elif _is_number(ctype._type_):
+            dtype = np.dtype((np.dtype(ctype._type_), ctype._length_))
+            out[prefix] = _strided(raw, offset, dtype).tolist()  # a list per entry
+        else:
+            raise _Opaque
+    elif _is_number(ctype):
+        out[prefix] = _as_python_would(_strided(raw, offset, np.dtype(ctype)))
+    else:
+        raise _Opaque
+
+
+def _bitfield(ctype, field: tuple, raw: np.ndarray, offset: int) -> np.ndarray:
+    """A bitfield's values: its storage unit read, shifted and masked (sign-extended)."""
+    name, ftype, bits = field
+    if not _is_number(ftype) or np.dtype(ftype).kind not in "iu" or not np.little_endian:
+        raise _Opaque
+    where = getattr(ctype, name)
+    # ctypes says where the bits start: bit_offset (Python 3.13), else size's low 16 bits.
+    shift = getattr(where, "bit_offset", where.size & 0xFFFF)
+    byte = getattr(where, "byte_offset", where.offset)
+    unit = _strided(raw, offset + byte, np.dtype(ftype)).astype(np.int64)
+    values = (unit >> shift) & ((1 << bits) - 1)
+    if np.dtype(ftype).kind == "i":
+        values = np.where(values >> (bits - 1) & 1, values - (1 << bits), values)
+    return values.astype(np.int64)
+
+
+def _strided(raw: np.ndarray, offset: int, dtype: np.dtype) -> np.ndarray:
+    """The values of type ``dtype`` at ``offset`` in each row of bytes (a view)."""
+    return np.ndarray((len(raw),), dtype, buffer=raw, offset=offset, strides=(raw.strides[0],))
+
+
+def _as_python_would(values: np.ndarray) -> np.ndarray:
+    """Numbers in the dtype pandas gives a column of the same numbers as Python objects:
+    int64, or uint64 where a value is past int64's range; float64; bool."""
+    if values.dtype.kind == "u" and values.dtype.itemsize == 8:
+        if len(values) and int(values.max()) > np.iinfo(np.int64).max:
+            return values.copy()
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    if values.dtype.kind == "f":
+        return values.astype(np.float64)
+    return values.copy()
+
+
+def _texts(raw: np.ndarray) -> np.ndarray:
+    """Char arrays as text cut at the first NUL, each distinct value decoded once."""
+    n, width = raw.shape
+    if width == 0:
+        return np.array([""] * n, dtype=object)
+    column = np.ascontiguousarray(raw).view(f"S{width}").reshape(n)
+    codes, firsts = _first_codes(column)
+    texts = [v.split(b"\0", 1)[0].decode("utf-8", "replace") for v in column[firsts].tolist()]
+    return np.array(texts, dtype=object)[codes]
+
+
+def _percpu_columns(values: np.ndarray, elem, ncpus: int) -> dict:
+    """``cpu0``, ``cpu1``... and their sum ``value``, for integer per-CPU values."""
+    if not _is_number(elem) or values.dtype.kind not in "iu":
+        raise _Opaque  # bcc's rows take int() of each CPU's value, struct or float
+    per_cpu = values[:, :ncpus]
+    out: dict = {}
+    for cpu in range(per_cpu.shape[1]):
+        out[f"cpu{cpu}"] = _as_python_would(per_cpu[:, cpu])
+    total = np.abs(per_cpu.astype(np.float64)).sum(axis=1)
+    if len(total) and total.max() >= 2.0**62:  # past int64: summed as Python's ints are
+        out["value"] = [sum(cpus) for cpus in per_cpu.tolist()]
+    else:
+        out["value"] = per_cpu.astype(np.int64).sum(axis=1)
+    return out
+
+
+def _ctype_items(data: mapread.MapData):
+    """Each entry as the ctypes key and value bcc's ``items()`` gives (per-CPU: an array)."""
+    value_type = data.value_type
+    if data.percpu:
+        value_type = data.value_type * data.values.shape[1]
+    keys, values = _raw(data.keys), _raw(data.values)
+    for i in range(len(data)):
+        yield data.key_type.from_buffer_copy(keys[i]), value_type.from_buffer_copy(values[i])
+
+
+def _ctype_rows(data: mapread.MapData, ncpus: int) -> list[dict]:
+    """The rows of ``map_frame``, entry by entry through ctypes values."""
+    rows = []
+    for k, v in _ctype_items(data):
+        row = _ctype_columns(k, "key")
+        if data.percpu:
+            values = [int(x.value if hasattr(x, "value") else x) for x in v][:ncpus]
+            for cpu, x in enumerate(values):
+                row[f"cpu{cpu}"] = x
+            row["value"] = sum(values)
+        else:
+            row.update(_ctype_columns(v, "value"))
+        rows.append(row)
+    return rows
 
 
 def symbolize_stack(bpf, stacks_table, stack_id: int, pid: int | None, kernel: bool) -> str:
