@@ -15,10 +15,13 @@ import gzip
 import os
 import platform
 import re
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
-from . import probes
+from . import probes, usdt
 from ._bcc import INSTALL_HINT, find_bcc
 from ._stderr import capture_stderr
 from .layout import header_layout
@@ -209,6 +212,23 @@ _HW_C = "int on_hw(struct bpf_perf_event_data *ctx) { return 0; }"
 
 _KFUNC_C = "KFUNC_PROBE(vfs_read) { return 0; }"
 
+_USDT_C = r"""
+BPF_ARRAY(usdt_hits, u64, 1);
+int on_usdt(struct pt_regs *ctx) { usdt_hits.increment(0); return 0; }
+"""
+USDT_CALLS = 50  # calls of a Python function the child makes while the probe is attached
+# The child waits for a line on stdin (the probe is attached by then), then makes its calls
+# under a profile function: Python 3.11 checks function__entry on its tracing path only.
+_USDT_CHILD = (
+    "import sys\n"
+    "sys.stdin.readline()\n"
+    "def f(): pass\n"
+    "sys.setprofile(lambda *a: None)\n"
+    f"for _ in range({USDT_CALLS}): f()\n"
+    "sys.setprofile(None)\n"
+)
+BPFTRACE_ONE_LINER = "tracepoint:sched:sched_process_exec /pid == cpid/ { @execs = count(); }"
+
 
 def _first_line(text: str) -> str:
     for line in reversed(text.strip().splitlines()):
@@ -267,6 +287,7 @@ class _Trials:
             b.cleanup()
         self._perf_hardware()
         self._fentry()
+        self._usdt()
 
     def _count(self, b, i: int) -> int:
         return int(b["hits"][ctypes.c_int(i)].value)
@@ -459,6 +480,99 @@ class _Trials:
                 "use a tracepoint (or a kprobe where the kernel has them)",
             )
 
+    def _usdt(self):
+        name = "USDT probe"
+        fix = "a Python built with --with-dtrace (Debian's and Ubuntu's are)"
+        python = usdt_python()
+        if python is None:
+            self.report.add(name, FAIL, "no Python here has a function__entry USDT probe", fix)
+            return
+        site = usdt.find(f"{python}:python:function__entry")[0]
+        try:
+            seen = self._usdt_trial(site)
+        except Exception as e:  # noqa: BLE001 - every failure lands in the report
+            self.report.add(name, FAIL, f"{site.full_name} in {python}: {e}", fix)
+            return
+        if seen >= USDT_CALLS:
+            self.report.add(
+                name,
+                OK,
+                f"attached to {site.full_name} in {python} for a child Python and saw {seen} "
+                f"calls (it made {USDT_CALLS}); the kernel raised the probe's semaphore",
+            )
+        else:
+            self.report.add(
+                name,
+                FAIL,
+                f"attached to {site.full_name} in {python} but saw {seen} of the child's "
+                f"{USDT_CALLS} calls",
+                "needs Linux 4.20+ for semaphores (ref_ctr_offset in the uprobe PMU)",
+            )
+
+    def _usdt_trial(self, site) -> int:
+        """Hits of ``site`` in a child Python making USDT_CALLS calls, attached to it alone."""
+        b = self._load(_USDT_C)
+        child = subprocess.Popen(
+            [site.path, "-c", _USDT_CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            fn = b.load_func(b"on_usdt", self.bcc.BPF.KPROBE)
+            b.uprobe_fds[usdt.event_name(site, child.pid)] = usdt.open_site(site, fn.fd, child.pid)
+            child.communicate(b"go\n", timeout=30)
+            return int(b["usdt_hits"][ctypes.c_int(0)].value)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            b.cleanup()
+
+
+def usdt_python() -> str | None:
+    """A Python with a function__entry probe: this one, else python3 on PATH or in /usr/bin."""
+    for candidate in (sys.executable, shutil.which("python3"), "/usr/bin/python3"):
+        if not candidate:
+            continue
+        path = os.path.realpath(candidate)
+        try:
+            if any(p.name == "function__entry" for p in usdt.read_probes(path)):
+                return path
+        except Exception:  # noqa: BLE001, S112 - a script, a shim: try the next one
+            continue
+    return None
+
+
+def _bpftrace_row(report: Report) -> None:
+    """bpftrace's version, and a one-liner it runs: the exec of its own child, counted once."""
+    name = "bpftrace"
+    fix = "apt-get install bpftrace (scripts/setup.sh installs it)"
+    binary = shutil.which("bpftrace")
+    if binary is None:
+        report.add(name, FAIL, "not installed (%%bpftrace needs it)", fix)
+        return
+    try:
+        version = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout.strip()
+        done = subprocess.run(
+            [binary, "-e", BPFTRACE_ONE_LINER, "-c", shutil.which("true") or "/bin/true"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        report.add(name, FAIL, f"{binary} did not run: {e}", fix)
+        return
+    counted = re.search(r"^@execs: (\d+)$", done.stdout, re.M)
+    if done.returncode == 0 and counted and counted[1] == "1":
+        report.add(name, OK, f"{version}: a one-liner counted its child's exec once")
+        return
+    said = _first_line(done.stderr) or _first_line(done.stdout) or f"exit status {done.returncode}"
+    report.add(name, FAIL, f"{version or binary}: a one-liner failed: {said}", fix)
+
 
 # ---------------------------------------------------------------- layout
 
@@ -533,6 +647,7 @@ def run_checks(probes_too: bool = True) -> Report:
         _Trials(bcc, report).run()
         if kind in ("nearest", "env", "exact", "kheaders") and btf:
             _layout(bcc, report, kind)
+        _bpftrace_row(report)
     elif probes_too:
         report.add(
             "probe types",

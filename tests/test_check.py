@@ -53,6 +53,8 @@ OPTIONAL_ROWS = {
     "ring buffer",
     "perf event (hardware)",
     "fentry (KFUNC_PROBE)",
+    "USDT probe",
+    "bpftrace",
 }
 
 needs_bpftool = pytest.mark.skipif(shutil.which("bpftool") is None, reason="bpftool not installed")
@@ -745,3 +747,46 @@ def test_bcc_missing_is_one_clear_message(bare_venv):
     assert out.startswith("BccMissing:"), out
     assert len(out.splitlines()) == 1, out
     assert "python3-bpfcc" in out and "python3-bcc" in out, out
+
+
+# ---------------------------------------------------------------- USDT and bpftrace
+
+
+def _readelf_has_function_entry(path: str) -> bool:
+    out = subprocess.run(["readelf", "-n", path], capture_output=True, text=True).stdout
+    return bool(re.search(r"Provider: python\s+Name: function__entry\b", out))
+
+
+@needs_root
+def test_usdt_row_matches_the_pythons_notes_and_the_kernel(rows):
+    """ok with the child's calls counted exactly where a Python has the probe (readelf says)
+    and the uprobe PMU takes a semaphore's offset; FAIL otherwise."""
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf (binutils) is needed for an independent view of the notes")
+    python = os.path.realpath(sys.executable)
+    pmu = Path("/sys/bus/event_source/devices/uprobe/format/ref_ctr_offset").exists()
+    expected = _readelf_has_function_entry(python) and pmu
+    status, detail = rows["USDT probe"]
+    assert status == ("ok" if expected else "FAIL"), detail
+    if expected:
+        m = re.search(r"saw (\d+) calls \(it made (\d+)\)", detail)
+        assert m and m[1] == m[2] == str(check_mod.USDT_CALLS), detail
+
+
+@needs_root
+def test_bpftrace_row_matches_bpftrace_itself(rows):
+    status, detail = rows["bpftrace"]
+    binary = shutil.which("bpftrace")
+    if binary is None:
+        assert status == "FAIL" and "not installed" in detail
+        return
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    said = subprocess.run(
+        [binary, "-e", 'BEGIN { printf("hello from bpftrace\\n"); exit(); }'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    works = said.returncode == 0 and "hello from bpftrace" in said.stdout
+    assert status == ("ok" if works else "FAIL"), detail
+    assert detail.startswith(version.strip())
