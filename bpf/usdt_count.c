@@ -10,9 +10,9 @@
  * Caveats: a probe behind a semaphore computes its arguments only while the
  *          semaphore is raised; the kernel raises it while the probe is attached
  *          (in the traced process, or in every process of the binary). Python 3.11's
- *          function__entry/return and line probes fire only while a trace or
- *          profile function is set (sys.settrace/sys.setprofile): its eval loop
- *          checks them on its tracing path alone.
+ *          function__entry and line probes fire only while a trace or profile
+ *          function is set (sys.settrace/sys.setprofile): its eval loop checks them
+ *          on its tracing path alone. function__return fires at every return.
  */
 struct hit_key {
     u32 pid;
