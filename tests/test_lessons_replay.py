@@ -103,10 +103,11 @@ def _magic(call: ast.Call) -> tuple[str, str, str | None] | None:
 
 
 def _trace_call(call: ast.Call) -> bool:
+    """``ebpfkit.trace(...)``, or ``ebpfkit.start(...)`` (a background trace, replayed alike)."""
     f = call.func
     return (
         isinstance(f, ast.Attribute)
-        and f.attr == "trace"
+        and f.attr in ("trace", "start")
         and isinstance(f.value, ast.Name)
         and f.value.id == "ebpfkit"
     )
@@ -145,7 +146,10 @@ def traces_in(source: str) -> list[Trace]:
             given = {k.arg: k.value for k in node.keywords}
             name = given.get("recording")
             found.append(
-                Trace("ebpfkit.trace()", name.value if isinstance(name, ast.Constant) else None)
+                Trace(
+                    f"ebpfkit.{node.func.attr}()",
+                    name.value if isinstance(name, ast.Constant) else None,
+                )
             )
     return found
 
@@ -178,6 +182,7 @@ def test_the_parser_finds_tracing_cells():
     assert (t.how, t.recording, t.body.strip()) == ("%%bpf", "99-x", "int f(void *c) { return 0; }")
     assert [t.recording for t in traces_in("r = %bpf --file bpf/x.c -d 1\nr")] == [None]
     assert [t.recording for t in traces_in('r = ebpfkit.trace(SRC, recording="99-y")')] == ["99-y"]
+    assert [t.recording for t in traces_in('h = ebpfkit.start(SRC, recording="99-s")')] == ["99-s"]
     assert [t.recording for t in traces_in('r = recording.run_or_replay("99-z", go)')] == ["99-z"]
     assert traces_in("%bpf --list") == [] and traces_in("%bpf --stop bg") == []
     background = "%%bpf --background bg -t sched:sched_switch --recording 99-bg\nint f(void *c) {}"
