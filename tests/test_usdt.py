@@ -25,7 +25,7 @@ import pytest
 from helpers import bpf, needs_root
 
 from ebpfkit import usdt
-from ebpfkit.errors import AttachError, ProbeNotFound
+from ebpfkit.errors import AttachError, BadArguments, ProbeNotFound
 from ebpfkit.session import trace
 
 PYTHON = "/usr/bin/python3.11"
@@ -418,3 +418,28 @@ def test_a_killed_tracer_leaves_no_semaphore_raised(workload_dir):
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+
+
+GETPPID_C = r"""
+BPF_ARRAY(calls, u64, 1);
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { calls.increment(0); return 0; }
+"""
+
+
+@needs_root
+def test_pid_self_is_this_process_for_any_kind(ip, nothing_left):
+    """--pid self resolves to the notebook's own process, for a tracepoint too: only its
+    getppid() calls are counted, not a child's made at the same time."""
+    bpf(ip, "--pid self --background getppid_self", GETPPID_C)
+    handle = ip.user_ns["getppid_self"]
+    try:
+        for _ in range(7):
+            os.getppid()
+        subprocess.run(
+            [sys.executable, "-c", "import os; [os.getppid() for _ in range(5)]"], check=True
+        )
+    finally:
+        result = handle.stop()
+    assert int(result.maps["calls"]["value"].iloc[0]) == 7
+    with pytest.raises(BadArguments, match="give a process id, or self"):
+        bpf(ip, "--pid me -d 1", GETPPID_C)
