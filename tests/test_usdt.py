@@ -443,3 +443,70 @@ def test_pid_self_is_this_process_for_any_kind(ip, nothing_left):
     assert int(result.maps["calls"]["value"].iloc[0]) == 7
     with pytest.raises(BadArguments, match="give a process id, or self"):
         bpf(ip, "--pid me -d 1", GETPPID_C)
+
+
+THROWS_CPP = r"""
+#include <cstdio>
+#include <stdexcept>
+#include <typeinfo>
+int main() {
+    int caught = 0;
+    for (int i = 0; i < 6; i++) {
+        try {
+            if (i % 2) throw std::runtime_error("odd");
+            throw std::logic_error("even");
+        } catch (const std::exception &e) {
+            caught++;
+            std::printf("%s\n", typeid(e).name());
+        }
+    }
+    return caught == 6 ? 0 : 1;
+}
+"""
+
+# libstdc++'s throw(object, typeinfo): the type's mangled name is the typeinfo's second word.
+THROW_TYPES_C = r"""
+struct type_name { char name[32]; };
+BPF_HASH(thrown, struct type_name, u64);
+int on_throw(struct pt_regs *ctx) {
+    u64 typeinfo = 0, name = 0;
+    struct type_name t = {};
+    bpf_usdt_readarg(2, ctx, &typeinfo);
+    bpf_probe_read_user(&name, sizeof(name), (void *)(typeinfo + 8));
+    bpf_probe_read_user_str(&t.name, sizeof(t.name), (void *)name);
+    thrown.increment(t);
+    return 0;
+}
+BPF_ARRAY(catches, u64, 1);
+int on_catch(struct pt_regs *ctx) { catches.increment(0); return 0; }
+"""
+
+
+@needs_root
+def test_a_shared_librarys_probes_without_a_semaphore(workload_dir, nothing_left):
+    """libstdc++ (a position-independent library) has throw and catch probes, no semaphore:
+    a C++ program's 6 exceptions, each caught, by the type it prints itself."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is needed to build the C++ workload")
+    source = workload_dir / "throw6.cpp"
+    source.write_text(THROWS_CPP)
+    binary = workload_dir / "throw6"
+    subprocess.run(["g++", "-O1", "-o", str(binary), str(source)], check=True)
+    linked = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+    library = re.search(r"libstdc\+\+\.so\.6 => (\S+)", linked)[1]
+    if not any(p.name == "throw" for p in usdt.read_probes(library)):
+        pytest.skip(f"{library} was built without its USDT probes")
+    r = trace(
+        THROW_TYPES_C,
+        usdt=[f"{library}:throw=on_throw", f"{library}:catch=on_catch"],
+        comm="throw6",
+        run=str(binary),
+        cache=False,
+    )
+    assert r.exit_code == 0, r.output
+    printed = r.output.split()
+    thrown = {str(row.name): int(row.value) for row in r.maps["thrown"].itertuples()}
+    assert thrown == {name: printed.count(name) for name in set(printed)}
+    assert sorted(thrown.values()) == [3, 3]
+    assert int(r.maps["catches"]["value"].iloc[0]) == 6
+    assert not any("semaphore" in n for n in r.notes)
