@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from . import ctext
 from ._stderr import capture_stderr
 from .errors import AttachError, BadArguments, EbpfkitError
 from .kinds import KINDS, Spec, parse
@@ -47,7 +48,51 @@ def assign_functions(specs: list[Spec], text: str) -> list[Spec]:
                 f"({', '.join(candidates)}); say which, e.g. "
                 f"--{spec.kind} '{spec.target}={candidates[0]}'"
             )
+    check_usdt_readers(specs, text)
     return specs
+
+
+_ANY_FUNCTION = re.compile(r"\b(\w+)\s*\((?:[^;{}()]|\([^()]*\))*\)\s*\{")
+_NOT_FUNCTIONS = {"if", "for", "while", "switch", "return", "sizeof"}
+_USDT_READ = re.compile(r"\bbpf_usdt_readarg(?:_p)?\s*\(")
+
+
+def usdt_readers(text: str) -> list[str]:
+    """The functions of the cell whose own bodies call bpf_usdt_readarg(_p)."""
+    code = ctext.blank(text)
+    found = []
+    for m in _ANY_FUNCTION.finditer(code):
+        if m[1] in _NOT_FUNCTIONS:
+            continue
+        depth, end = 0, m.end() - 1
+        for end in range(m.end() - 1, len(code)):
+            depth += {"{": 1, "}": -1}.get(code[end], 0)
+            if depth == 0:
+                break
+        if _USDT_READ.search(code, m.end(), end) and m[1] not in found:
+            found.append(m[1])
+    return found
+
+
+def check_usdt_readers(specs: list[Spec], text: str) -> None:
+    """bpf_usdt_readarg only where BCC will find its readers: in a function given to --usdt.
+
+    BCC rewrites the call into one of the readers made for the USDT probe the calling
+    function is attached to; anywhere else the call compiles into a program the verifier
+    refuses with words about its last instruction.
+    """
+    attached = {s.fn for s in specs if s.kind == "usdt"}
+    for name in usdt_readers(text):
+        if name in attached:
+            continue
+        given = [str(s) for s in specs if s.fn == name]
+        where = f"is attached as {given[0]}" if given else "is attached to no USDT probe"
+        raise BadArguments(
+            f"{name}() reads a USDT probe's arguments (bpf_usdt_readarg) but {where}: BCC "
+            "makes the argument readers for the function a --usdt option attaches "
+            f"(--usdt BINARY:PROBE={name}), and the call must be in that function itself, "
+            "not in a helper it calls"
+        )
 
 
 def precheck_auto(text: str) -> None:

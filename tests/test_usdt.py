@@ -510,3 +510,23 @@ def test_a_shared_librarys_probes_without_a_semaphore(workload_dir, nothing_left
     assert sorted(thrown.values()) == [3, 3]
     assert int(r.maps["catches"]["value"].iloc[0]) == 6
     assert not any("semaphore" in n for n in r.notes)
+
+
+def test_bpf_usdt_readarg_outside_a_usdt_function_is_one_clear_error():
+    """Where BCC would find no reader, the verifier would only say "last insn is not an exit
+    or jmp": the cell is stopped before compiling, saying where the call must be."""
+    from ebpfkit import attach, kinds
+
+    cell = "int f(struct pt_regs *ctx) { u64 x = 0; bpf_usdt_readarg(1, ctx, &x); return 0; }"
+    with pytest.raises(BadArguments, match=r"f\(\) reads a USDT probe's arguments .* uprobe"):
+        attach.assign_functions([kinds.parse("uprobe", "c:malloc")], cell)
+    helper = (
+        "static inline u64 arg(struct pt_regs *ctx) { u64 x = 0; bpf_usdt_readarg(1, ctx, &x);"
+        " return x; }\nint f(struct pt_regs *ctx) { return arg(ctx) > 0; }"
+    )
+    with pytest.raises(BadArguments, match=r"arg\(\) .* not in a helper it calls"):
+        attach.assign_functions([kinds.parse("usdt", f"{ENTRY}=f")], helper)
+    # in the function --usdt attaches, or only in a comment: no error
+    attach.assign_functions([kinds.parse("usdt", ENTRY)], cell)
+    commented = "int f(struct pt_regs *ctx) { /* bpf_usdt_readarg(1, ctx, &x) */ return 0; }"
+    attach.assign_functions([kinds.parse("uprobe", "c:malloc")], commented)
