@@ -118,6 +118,7 @@ class BpfMagics(Magics, Configurable):
         "-p",
         "--pid",
         type=_pid,
+        metavar="PID|self",
         help="only this process (checked in the kernel); self: this notebook's own process",
     )
     @argument("-c", "--comm", help="only processes with this command name (checked in the kernel)")
