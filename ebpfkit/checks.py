@@ -217,15 +217,18 @@ BPF_ARRAY(usdt_hits, u64, 1);
 int on_usdt(struct pt_regs *ctx) { usdt_hits.increment(0); return 0; }
 """
 USDT_CALLS = 50  # calls of a Python function the child makes while the probe is attached
-# The child waits for a line on stdin (the probe is attached by then), then makes its calls
-# under a profile function: Python 3.11 checks function__entry on its tracing path only.
+# The child says it is ready, then waits for a line on stdin (the probe is attached by then), and
+# makes its calls under a profile function: Python 3.11 checks function__entry on its tracing path.
 _USDT_CHILD = (
     "import sys\n"
+    "print('ready', flush=True)\n"  # started up (its start-up resumes generators, which fire)
     "sys.stdin.readline()\n"
     "def f(): pass\n"
     "sys.setprofile(lambda *a: None)\n"
     f"for _ in range({USDT_CALLS}): f()\n"
     "sys.setprofile(None)\n"
+    "import os\n"
+    "os._exit(0)\n"  # and no finalization either
 )
 BPFTRACE_ONE_LINER = "tracepoint:sched:sched_process_exec /pid == cpid/ { @execs = count(); }"
 
@@ -515,10 +518,12 @@ class _Trials:
         child = subprocess.Popen(
             [site.path, "-c", _USDT_CHILD],
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
         try:
+            if child.stdout.readline().strip() != b"ready":
+                raise RuntimeError("the child Python did not start")
             fn = b.load_func(b"on_usdt", self.bcc.BPF.KPROBE)
             b.uprobe_fds[usdt.event_name(site, child.pid)] = usdt.open_site(site, fn.fd, child.pid)
             child.communicate(b"go\n", timeout=30)
