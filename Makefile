@@ -31,10 +31,12 @@ lint: setup
 # Unit and real-kernel tests, the notebooks under nbval, an ordinary install of the wheel,
 # then the kprobe lane.
 test: setup lint
+	$(PY) scripts/leftovers.py snapshot .leftovers.json
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 	  $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider notebooks; \
 	fi
+	$(PY) scripts/leftovers.py check .leftovers.json
 	bash scripts/wheel-check.sh
 	bash scripts/vm-lane.sh
 

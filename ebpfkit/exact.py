@@ -35,7 +35,7 @@ definition.
 user, and what it replaced (each struct with its BTF size and members, and how
 the headers differ), so nobody needs to read the text back::
 
-    prelude = build_prelude(program.INCLUDES + source)
+    prelude = build_prelude(program.includes(source) + source)
     src.use_layout(prelude)                     # program.Source: text in front
     prelude.corrected                           # {"task_struct", ...}
 

@@ -35,7 +35,11 @@ from .errors import BadArguments
 # the text view (the command line's) needs none of them.
 
 REFRESH = 0.25  # seconds between two updates of a view
-ROWS = 5  # recent rows shown in the panel
+ROWS = 5  # recent rows shown in the panel, top rows of each map
+# A trace that only aggregates: the panel reads its maps while it runs, but spends at
+# most this share of the time on it (a map of a million entries takes a while).
+MAP_SHARE = 0.1
+HIST_WIDTH = 30  # characters of the longest bar of a histogram in the panel
 TEXT_EVERY = 5.0  # seconds between two progress lines where the output is not a terminal
 MODES = ("auto", "widget", "text", "off")
 
@@ -90,6 +94,55 @@ def recent_rows(session, n: int = ROWS):
         rows = session.printk.rows[-n:]
         return pd.DataFrame(rows, columns=["ts", "pid", "comm", "cpu", "message"])
     return None
+
+
+def top_rows(frame, n: int = ROWS):
+    """A map's ``n`` largest rows by its count or value (a histogram: all its buckets)."""
+    if {"low", "high", "count"} <= set(frame.columns):
+        return frame
+    for column in ("count", "value"):
+        if column in frame.columns and frame[column].dtype.kind in "iuf":
+            return frame.sort_values(column, ascending=False, kind="stable").head(n)
+    return frame.head(n)
+
+
+def _bars(frame) -> str:
+    """A histogram as bcc's tools print one: each bucket's range, its count and a bar."""
+    most = int(frame["count"].max()) if len(frame) else 0
+    lines = []
+    for low, high, n in zip(frame["low"], frame["high"], frame["count"]):
+        bar = "*" * (round(HIST_WIDTH * int(n) / most) if most else 0)
+        lines.append(f"{low:>12,} -> {high:<12,} {int(n):>10,} |{bar:<{HIST_WIDTH}}|")
+    return "\n".join(lines)
+
+
+def maps_html(maps: dict) -> str:
+    """Each map's top rows (a histogram's bars), for the panel."""
+    if not maps:
+        return "<i>no event buffer and no map to show</i>"
+    parts = []
+    for name, frame in maps.items():
+        shown = top_rows(frame)
+        head = f"<b>{html.escape(name)}</b> ({len(frame):,} entries)"
+        if shown is frame and {"low", "high", "count"} <= set(frame.columns):
+            body = f"<pre>{html.escape(_bars(frame))}</pre>"
+        else:
+            body = shown.to_html(index=False, max_cols=12)
+        parts.append(head + body)
+    return "".join(parts)
+
+
+def maps_text(maps: dict) -> str:
+    """The same for a text line's end: each map's top rows."""
+    parts = []
+    for name, frame in maps.items():
+        shown = top_rows(frame)
+        if shown is frame and {"low", "high", "count"} <= set(frame.columns):
+            body = _bars(frame)
+        else:
+            body = shown.to_string(index=False)
+        parts.append(f"{name} ({len(frame):,} entries, top rows):\n{body}")
+    return "\n".join(parts)
 
 
 def progress_line(elapsed: float, events: int, rate: float, lost: int) -> str:
@@ -253,6 +306,9 @@ class TextView(LiveView):
             return
         if result is not None:
             line = final_line(result)
+            if not result.channels and result.printk is None and result.maps:
+                # No event to show while it ran: the maps' top rows, once, at the end.
+                line += "\n" + maps_text(result.maps)
         else:
             line = f"stopped by an error: {type(error).__name__}" if error else "stopped"
         self._write(("\r" + line.ljust(self.width) if self.tty else line) + "\n")
@@ -291,6 +347,7 @@ class WidgetView(LiveView):
         )
         self.button.add_class("ebpfkit-live-stop")
         self.button.on_click(lambda _button: self.stop("stop button"))
+        self.maps_due = 0.0  # monotonic time of the next live read of the maps
         self.status = label("ebpfkit-live-status", "tracing")
         self.rows = label("ebpfkit-live-rows", "")
         what = f"background trace <b>{html.escape(name)}</b>" if background else "tracing"
@@ -328,8 +385,26 @@ class WidgetView(LiveView):
         df = recent_rows(self.session)
         if df is not None and len(df):
             self.rows.value = df.to_html(index=False, max_cols=12)
-        elif df is None:
-            self.rows.value = "<i>no event buffer: the maps are read when the trace ends</i>"
+        elif df is None and not self.finished:
+            self._show_maps()
+
+    def _show_maps(self) -> None:
+        """The maps as they are now, read in bulk no more often than MAP_SHARE allows."""
+        start = time.monotonic()
+        if start < self.maps_due:
+            return
+        try:
+            maps = self.session.maps_now()
+        except Exception as e:  # noqa: BLE001 - the trace goes on; its result reads them
+            self.rows.value = (
+                f"<i>the maps could not be read while tracing ({html.escape(str(e))}); "
+                "they are read when the trace ends</i>"
+            )
+            self.maps_due = float("inf")
+            return
+        took = time.monotonic() - start
+        self.maps_due = start + max(REFRESH, took / MAP_SHARE)
+        self.rows.value = maps_html(maps)
 
     def stop(self, why: str = "stop button") -> None:
         if self.finished:  # a click that arrives after the end changes nothing
@@ -351,6 +426,8 @@ class WidgetView(LiveView):
         self.button.disabled = True
         if result is not None:
             self.update(result.duration, result_events(result), self.rate, result.total_lost)
+            if recent_rows(self.session) is None and result.maps:
+                self.rows.value = maps_html(result.maps)  # the final counts
             self.text = final_line(result)
             status = f"stopped by {result.stopped_by or 'the end'} after {result.duration:.2f} s"
             if getattr(result, "exit_code", None):

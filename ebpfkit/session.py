@@ -85,6 +85,22 @@ def printer(label: str, stream: str = "stdout") -> Callable[[str], None]:
     return show
 
 
+def _check_options(comm, perf_pages, max_events, on_budget, memory_budget) -> None:
+    """BadArguments for an option a Session cannot take, before anything is compiled."""
+    if comm is not None and len(comm.encode()) > 15:
+        raise BadArguments(f"--comm {comm!r}: the kernel keeps only 15 characters of a name")
+    if perf_pages <= 0 or perf_pages & (perf_pages - 1):
+        raise BadArguments(f"perf buffer pages must be a power of two, not {perf_pages}")
+    if max_events is not None and max_events <= 0:
+        raise BadArguments(f"--max-events {max_events}: give a number of events above 0")
+    if on_budget not in channels.ON_BUDGET:
+        raise BadArguments(
+            f"--on-budget {on_budget!r}: give stop (end the trace and keep what it has) "
+            "or spill (go on, with the events written to disk)"
+        )
+    channels.budget_bytes(memory_budget)  # a value it cannot read is an error now
+
+
 def specs_of(given: dict[str, Iterable[str] | str | None]) -> list[attach.Spec]:
     """The specs of ``{kind: spec or specs}``, in the registry's order of kinds.
 
@@ -173,18 +189,7 @@ class Session:
         # The probes by kind, one keyword per entry of kinds.KINDS: kprobe=, tracepoint= ...
         self.source = source
         self.specs = specs_of(by_kind)
-        if comm is not None and len(comm.encode()) > 15:
-            raise BadArguments(f"--comm {comm!r}: the kernel keeps only 15 characters of a name")
-        if perf_pages <= 0 or perf_pages & (perf_pages - 1):
-            raise BadArguments(f"perf buffer pages must be a power of two, not {perf_pages}")
-        if max_events is not None and max_events <= 0:
-            raise BadArguments(f"--max-events {max_events}: give a number of events above 0")
-        if on_budget not in channels.ON_BUDGET:
-            raise BadArguments(
-                f"--on-budget {on_budget!r}: give stop (end the trace and keep what it has) "
-                "or spill (go on, with the events written to disk)"
-            )
-        channels.budget_bytes(memory_budget)  # a value it cannot read is an error now
+        _check_options(comm, perf_pages, max_events, on_budget, memory_budget)
         self.memory_budget, self.on_budget, self.spill_dir = memory_budget, on_budget, spill_dir
         self.budget: channels.MemoryBudget | None = None
         self.pid, self.comm = (os.getpid() if pid == "self" else pid), comm  # self: this process
@@ -303,7 +308,7 @@ class Session:
             # Kernel structs whose borrowed-header layout is wrong are redefined from BTF.
             # ebpfkit's own #include lines go through it too: a header included after it
             # would meet the redefined structs.
-            self.src.use_layout(exact.build_prelude(program.INCLUDES + self.source))
+            self.src.use_layout(exact.build_prelude(program.includes(self.source) + self.source))
         # Compiled without the prelude where it is what breaks the cell (src.layout empty).
         self.bpf = program.compile_source(bcc, self.src, self.cflags, cache=self.cache)
         for note in self.src.layout.notes:
@@ -398,6 +403,8 @@ class Session:
         button in a notebook, a progress line elsewhere (``ebpfkit.live``).
         """
         check_duration(duration)
+        if self.workload_only and not workload:
+            raise BadArguments(_WORKLOAD_ONLY_NEEDS_RUN)
         if self.bpf is None:
             self.start()
         from .live import watched
@@ -410,8 +417,6 @@ class Session:
         table[table.Key(gate)] = table.Leaf(2)
 
     def _run(self, duration, workload, progress) -> TraceResult:
-        if self.workload_only and not workload:
-            raise BadArguments(_WORKLOAD_ONLY_NEEDS_RUN)
         limit = duration or (WORKLOAD_LIMIT if workload else DEFAULT_DURATION)
         if self.bpf is None:
             self.start()
@@ -603,6 +608,11 @@ class Session:
     def _tables(self, bcc):
         """(name, map type) of each of the program's maps."""
         return self.bpf.table_types()
+
+    def maps_now(self) -> dict:
+        """The program's maps as they are at this moment, read in bulk and left as they
+        are: the live view's picture of a trace that only aggregates."""
+        return self._maps(_bcc(), None)
 
     def _stack_table(self):
         bcc = _bcc()
@@ -833,7 +843,8 @@ def trace(
     ``options`` are Session's: a spec or a list of specs for each probe kind
     (``kprobe``, ``kretprobe``, ``tracepoint``, ``uprobe``, ``uretprobe``, ``perf``: see
     ``ebpfkit.kinds``), ``pid``, ``comm``, ``max_events``, ``perf_pages``, ``hist``,
-    ``cflags``. ``progress=True`` shows the live view while it traces (see ``Session.run``).
+    ``cflags``, ``cache``, ``workload_only``. ``progress=True`` shows the live view while
+    it traces (see ``Session.run``).
 
     ``recording=NAME`` ties the trace to ``<recordings dir>/NAME.ebpfkit``: traced live,
     replayed or recorded as ``$EBPFKIT_MODE`` says (see ``ebpfkit.recording``).
