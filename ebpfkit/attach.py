@@ -86,7 +86,10 @@ def check_usdt_readers(specs: list[Spec], text: str) -> None:
         if name in attached:
             continue
         given = [str(s) for s in specs if s.fn == name]
-        where = f"is attached as {given[0]}" if given else "is attached to no USDT probe"
+        helper = re.search(rf"\bstatic\b[^;{{}}]*\b{name}\s*\(", ctext.blank(text))
+        if not given and not helper and not name.startswith(AUTO_PREFIXES):
+            continue  # never loaded: a probe function of the cell this trace does not attach
+        where = f"is attached as {given[0]}" if given else "is attached by its name, not by --usdt"
         raise BadArguments(
             f"{name}() reads a USDT probe's arguments (bpf_usdt_readarg) but {where}: BCC "
             "makes the argument readers for the function a --usdt option attaches "

@@ -528,5 +528,8 @@ def test_bpf_usdt_readarg_outside_a_usdt_function_is_one_clear_error():
         attach.assign_functions([kinds.parse("usdt", f"{ENTRY}=f")], helper)
     # in the function --usdt attaches, or only in a comment: no error
     attach.assign_functions([kinds.parse("usdt", ENTRY)], cell)
+    # a probe function this trace does not attach is never loaded: no error (lesson 09 ex. 2)
+    spare = cell + "\nint g(struct pt_regs *ctx) { return 0; }"
+    attach.assign_functions([kinds.parse("usdt", f"{ENTRY}=g")], spare)
     commented = "int f(struct pt_regs *ctx) { /* bpf_usdt_readarg(1, ctx, &x) */ return 0; }"
     attach.assign_functions([kinds.parse("uprobe", "c:malloc")], commented)
