@@ -16,7 +16,9 @@ say() { printf 'setup: %s\n' "$*"; }
 # poppler-utils: the handouts tests read the PDFs with pdftotext and pdfimages.
 # bpftrace: the %%bpftrace cell magic runs it (Debian's 0.17 reads kernel structs through BTF).
 # gcc: the lessons and tests build their C workloads (tests/workloads/, 07's burn.c, 11's waits).
-APT_PACKAGES=(python3-bpfcc bpfcc-tools bpftool python3-venv strace chromium sudo poppler-utils bpftrace gcc)
+# g++: test_usdt builds a C++ program to trace libstdc++'s throw/catch probes. binutils:
+# readelf, which test_usdt compares ebpfkit's USDT listing with (Debian's names, stable).
+APT_PACKAGES=(python3-bpfcc bpfcc-tools bpftool python3-venv strace chromium sudo poppler-utils bpftrace gcc g++ binutils)
 KREL=$(uname -r)
 ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 
