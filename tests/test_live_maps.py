@@ -11,7 +11,7 @@ import re
 
 import pytest
 from helpers import bpf, needs_root
-from test_live import Kernel, programs_of, widget_states
+from test_live import kernel, programs_of, widget_states  # noqa: F401 - kernel: a fixture
 
 COMM = "livemaps"
 COUNT = """
@@ -37,17 +37,8 @@ def _steps(loop: str, steps: int, calls: int) -> str:
     return "; ".join(f"{loop} {COMM} {calls}; sleep 0.4" for _ in range(steps))
 
 
-@pytest.fixture
-def kernel():
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
-
-
 @needs_root
-def test_the_panel_shows_the_counts_growing(kernel, getppid_loop):
+def test_the_panel_shows_the_counts_growing(kernel, getppid_loop):  # noqa: F811 - the fixture
     assert not kernel.run("%load_ext ebpfkit")["errors"]
     cell = kernel.kc.execute(
         f'%%bpf --comm {COMM} --run "{_steps(getppid_loop, 6, 1000)}" -o r\n{TOTAL}'
