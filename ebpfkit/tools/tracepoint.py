@@ -57,12 +57,12 @@ def fields_text(name: str) -> str:
     return "\n".join(lines)
 
 
-def hits_text(name: str, result, top: int) -> str:
+def hits_text(name: str, result, top: int, kind: str = "tracepoint") -> str:
+    """The total and the hits per process, most first (``ebpfkit usdt`` prints the same)."""
     hits = result.maps.get("hits")
     total = int(hits["value"].sum()) if hits is not None and len(hits) else 0
     lines = [
-        f"tracepoint {name}: {total} hits in {result.duration:.2f} s "
-        f"(stopped by {result.stopped_by})"
+        f"{kind} {name}: {total} hits in {result.duration:.2f} s (stopped by {result.stopped_by})"
     ]
     if total:
         lines.append(f"{'PID':>7}  {'COMM':<16}  {'HITS':>9}")

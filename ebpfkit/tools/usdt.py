@@ -25,6 +25,7 @@ import argparse
 from .. import probes, usdt
 from ..session import WORKLOAD_LIMIT, Session, printer
 from . import bpf_source
+from .tracepoint import hits_text
 
 HELP = "list a binary's USDT probes with their arguments, or count a probe's hits per process"
 PROGRAM = "usdt_count.c"
@@ -57,26 +58,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
 
 
-def hits_text(name: str, result, top: int) -> str:
-    """The total and the hits per process, most first."""
-    hits = result.maps.get("hits")
-    total = int(hits["value"].sum()) if hits is not None and len(hits) else 0
-    lines = [
-        f"usdt {name}: {total} hits in {result.duration:.2f} s (stopped by {result.stopped_by})"
-    ]
-    if total:
-        lines.append(f"{'PID':>7}  {'COMM':<16}  {'HITS':>9}")
-        shown = hits.sort_values(["value", "pid"], ascending=[False, True]).head(top)
-        for row in shown.itertuples():
-            lines.append(f"{row.pid:>7}  {row.comm:<16}  {row.value:>9}")
-        if len(hits) > top:
-            rest = int(hits["value"].sum() - shown["value"].sum())
-            lines.append(f"{'':>7}  {f'({len(hits) - top} more)':<16}  {rest:>9}")
-    if result.exit_code is not None:
-        lines.append(f"workload exit code {result.exit_code}")
-    return "\n".join(lines)
-
-
 def main(args: argparse.Namespace) -> int:
     path = probes.resolve_binary(args.binary)
     if not args.probe:
@@ -98,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
     )
     with session:
         result = session.run(duration=duration, workload=args.run)
-    print(hits_text(f"{site.full_name} in {path}", result, args.top))
+    print(hits_text(f"{site.full_name} in {path}", result, args.top, kind="usdt"))
     if result.output.strip():
         out = result.output.rstrip().splitlines()
         print(f"workload output ({len(out)} lines{', last 20' if len(out) > 20 else ''}):")
