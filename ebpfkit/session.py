@@ -867,14 +867,20 @@ def load(source: str, **options) -> list[str]:
     """
     require_privileges()
     bcc = _bcc()
-    src = program.prepare(source)
     specs = specs_of({k: v for k, v in options.items() if k in kinds.KINDS})
     attach.assign_functions(specs, source)
-    b = program.compile_source(bcc, src, options.get("cflags"), cache=options.get("cache", True))
+    # The kinds' own C (a USDT probe's argument readers) is part of what the cell loads.
+    src = program.prepare(source, generated=kinds.prepare_all(specs, None))
     try:
-        for spec in specs:
-            prog_type = getattr(bcc.BPF, kinds.KINDS[spec.kind].program_type)
-            program.load_or_explain(b, spec.fn, prog_type)
-        return [s.fn for s in specs]
+        b = program.compile_source(
+            bcc, src, options.get("cflags"), cache=options.get("cache", True)
+        )
+        try:
+            for spec in specs:
+                prog_type = getattr(bcc.BPF, kinds.KINDS[spec.kind].program_type)
+                program.load_or_explain(b, spec.fn, prog_type)
+            return [s.fn for s in specs]
+        finally:
+            b.cleanup()
     finally:
-        b.cleanup()
+        kinds.release_all(specs)

@@ -533,3 +533,15 @@ def test_bpf_usdt_readarg_outside_a_usdt_function_is_one_clear_error():
     attach.assign_functions([kinds.parse("usdt", f"{ENTRY}=g")], spare)
     commented = "int f(struct pt_regs *ctx) { /* bpf_usdt_readarg(1, ctx, &x) */ return 0; }"
     attach.assign_functions([kinds.parse("uprobe", "c:malloc")], commented)
+
+
+@needs_root
+@needs_python
+def test_load_only_loads_a_probe_that_reads_its_arguments(ip, nothing_left, capsys):
+    """--load-only compiles with the probe's argument readers, as a trace does (without
+    them BCC finds no bpf_usdt_readarg_p for on_entry and the load fails)."""
+    from ebpfkit.session import load
+
+    assert load(CALLS_C, usdt=f"{ENTRY}=on_entry", cache=False) == ["on_entry"]
+    bpf(ip, f"--usdt {ENTRY}=on_entry --load-only", CALLS_C)
+    assert "loaded into the kernel (not attached): on_entry" in capsys.readouterr().out
