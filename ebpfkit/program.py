@@ -16,6 +16,7 @@ from . import ctext
 from ._stderr import capture_stderr
 from .errors import CompileError, MapRefused, VerifierError
 from .exact import Prelude
+from .probes import tracepoint_fields
 
 # Counts ring-buffer records the program could not write (buffer full), per buffer.
 LOST_MAP = "__ebpfkit_lost"
@@ -50,12 +51,14 @@ static inline __attribute__((always_inline)) int __ebpfkit_skip(void) {{
 
 # The workload's scope, kept in the kernel: the processes of the workload (1) and the
 # gate that starts it (2: its children are in, it is not; session.py). A fork from a
-# process in the map adds the child, whichever thread forks; an exit removes the task.
+# process in the map adds the child, whichever thread forks. A task leaves the map when
+# it is freed, not at sched_process_exit: its last events (the final context switch into
+# the zombie state) come after that, and its PID cannot be reused before it is freed.
 SCOPE_MAP = "__ebpfkit_scope"
 SCOPE_FULL_MAP = "__ebpfkit_scope_full"
 SCOPE_PROBES = {
     "__ebpfkit_fork": "sched:sched_process_fork",
-    "__ebpfkit_exit": "sched:sched_process_exit",
+    "__ebpfkit_free": "sched:sched_process_free",
 }
 _SCOPE = """\
 BPF_HASH(__ebpfkit_scope, u32, u8, {entries});
@@ -72,8 +75,8 @@ int __ebpfkit_fork(void *ctx) {{
     }}
     return 0;
 }}
-int __ebpfkit_exit(void *ctx) {{
-    u32 task = bpf_get_current_pid_tgid();
+int __ebpfkit_free(void *ctx) {{
+    u32 task = *(s32 *)((char *)ctx + {freed_pid_offset});
     __ebpfkit_scope.delete(&task);
     return 0;
 }}
@@ -319,7 +322,11 @@ def prepare(
         src.printk_tag = tag if tagged else None
     scoped = scope_child_offset is not None
     if scoped:
-        prelude += _SCOPE.format(entries=SCOPE_ENTRIES, child_pid_offset=int(scope_child_offset))
+        prelude += _SCOPE.format(
+            entries=SCOPE_ENTRIES,
+            child_pid_offset=int(scope_child_offset),
+            freed_pid_offset=_record_offset("sched", "sched_process_free", "pid"),
+        )
     if pid or comm or scoped:
         prelude += _FILTER.format(
             pid=int(pid or 0),
@@ -330,6 +337,11 @@ def prepare(
     src.prelude, src.body = prelude, body
     src.use_layout(Prelude())
     return src
+
+
+def _record_offset(category: str, event: str, name: str) -> int:
+    """Where a tracepoint's record keeps field ``name`` on this kernel (its format file)."""
+    return next(f["offset"] for f in tracepoint_fields(category, event) if f["name"] == name)
 
 
 # ---------------------------------------------------------------- diagnostics
