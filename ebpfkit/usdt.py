@@ -118,7 +118,7 @@ def _read_probes(path: str, _mtime_ns: int, _size: int) -> tuple[Probe, ...]:
                 offset=_file_offset(loads, pc, path),
                 semaphore=sema,
                 semaphore_offset=_file_offset(loads, sema, path) if sema else 0,
-                arguments=tuple(parse_argument(a) for a in args.split()),
+                arguments=tuple(parse_argument(a) for a in _OPERANDS.findall(args)),
             )
         )
     return tuple(out)
@@ -176,6 +176,8 @@ def _notes(raw: bytes):
 
 
 _ARG = re.compile(r"^(-?)(\d+)@(.+)$")
+# The arguments are separated by spaces, but arm64's memory operands hold one: -4@[sp, 12].
+_OPERANDS = re.compile(r"(?:[^\s\[]|\[[^\]]*\])+")
 
 
 def parse_argument(text: str) -> Argument:
@@ -301,9 +303,12 @@ def _register(name: str, probe: Probe) -> str:
 
 def _value_c(arg: Argument, probe: Probe) -> str:
     """C statements that leave the argument's value in ``__v``."""
-    if platform.machine() != "x86_64":
+    machine = platform.machine()
+    if machine == "aarch64":
+        return _arm64_value_c(arg, probe)
+    if machine != "x86_64":
         raise BadArguments(
-            f"USDT arguments are read on x86-64 only; this machine is {platform.machine()}"
+            f"USDT arguments are read on x86-64 and arm64 only; this machine is {machine}"
         )
     operand = arg.text
     if operand.startswith("$"):
@@ -321,6 +326,36 @@ def _value_c(arg: Argument, probe: Probe) -> str:
         address += f" + ({int(m['disp'], 0)})"
     if m["index"]:
         address += f" + {_register(m['index'], probe)} * {int(m['scale'] or 1)}"
+    return f"bpf_probe_read_user(&__v, sizeof(__v), (void *)({address}));"
+
+
+# arm64 operands: a constant (5, #5), a register (x0, w1, sp), memory ([x29], [sp, -16]).
+_ARM64_NUMBER = r"-?(?:0x[0-9a-fA-F]+|\d+)"
+_ARM64_MEMORY = re.compile(rf"^\[(?P<base>\w+)(?:,\s*#?(?P<disp>{_ARM64_NUMBER}))?\]$")
+
+
+def _arm64_register(name: str, probe: Probe) -> str:
+    if name in ("sp", "wsp"):
+        return "ctx->sp"
+    m = re.fullmatch(r"[xw](\d+)", name)
+    if m is None or int(m[1]) > 30:
+        raise BadArguments(
+            f"USDT probe {probe.full_name} in {probe.path}: register {name} of an argument "
+            "is not one ebpfkit can read"
+        )
+    return f"ctx->regs[{m[1]}]"  # arm64's struct pt_regs: regs[31], sp, pc, pstate
+
+
+def _arm64_value_c(arg: Argument, probe: Probe) -> str:
+    operand = arg.text
+    if re.fullmatch(f"#?{_ARM64_NUMBER}", operand):
+        return f"__v = ({operand.lstrip('#')});"
+    m = _ARM64_MEMORY.match(operand)
+    if m is None:
+        return f"__v = {_arm64_register(operand, probe)};"
+    address = _arm64_register(m["base"], probe)
+    if m["disp"]:
+        address += f" + ({int(m['disp'], 0)})"
     return f"bpf_probe_read_user(&__v, sizeof(__v), (void *)({address}));"
 
 
