@@ -15,6 +15,7 @@ MAP_CREATE = 0
 MAP_LOOKUP_ELEM = 1
 MAP_GET_NEXT_KEY = 4
 PROG_LOAD = 5
+OBJ_GET_INFO_BY_FD = 15
 MAP_LOOKUP_BATCH = 24
 
 # The syscall's number differs by architecture (asm/unistd.h).
@@ -44,3 +45,27 @@ def bpf(cmd: int, attr: ctypes.Structure) -> int:
 def address(buffer) -> int:
     """The address of a ctypes buffer, as the u64 the kernel's attributes take."""
     return ctypes.addressof(buffer) if buffer is not None else 0
+
+
+class _InfoByFd(ctypes.Structure):
+    _fields_ = [
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+    ]
+
+
+# struct bpf_prog_info up to recursion_misses (Linux 5.12); older kernels fill less of it.
+_PROG_INFO_BYTES = 216
+_RECURSION_MISSES_AT = 208
+
+
+def recursion_misses(prog_fd: int) -> int:
+    """How many times the kernel skipped this program because a BPF program was already
+    running on that CPU (``bpf_prog_info.recursion_misses``; 0 before Linux 5.12)."""
+    info = (ctypes.c_uint8 * _PROG_INFO_BYTES)()
+    attr = _InfoByFd(prog_fd, _PROG_INFO_BYTES, address(info))
+    bpf(OBJ_GET_INFO_BY_FD, attr)
+    if attr.info_len < _PROG_INFO_BYTES:  # the kernel's struct ends before the field
+        return 0
+    return int.from_bytes(bytes(info[_RECURSION_MISSES_AT:_PROG_INFO_BYTES]), "little")

@@ -10,13 +10,24 @@ from .cpus import online_cpus
 from .errors import BadArguments
 
 
+def missed_text(name: str, n: int, scope: bool = False) -> str:
+    """The warning for ``n`` runs of program ``name`` that the kernel skipped."""
+    whose = " (the workload scope's own program: processes may be missing)" if scope else ""
+    return (
+        f"the kernel skipped {n:,} runs of {name}{whose} (recursion protection: another "
+        "BPF program was running on that CPU, for example one interrupted by this "
+        "program's event), so what those runs would have recorded is missing"
+    )
+
+
 @dataclass
 class TraceResult:
     """Events, maps, printk lines and losses of one trace.
 
     ``events`` is the main event DataFrame (the first output buffer); every
     buffer's frame is in ``channels``; ``maps`` holds each map (histograms as
-    bucket bounds and counts); ``lost`` counts records dropped per buffer.
+    bucket bounds and counts); ``lost`` counts records dropped per buffer;
+    ``missed`` counts, per program, the runs the kernel skipped (recursion protection).
     """
 
     events: object = None
@@ -25,6 +36,7 @@ class TraceResult:
     printk: object = None
     printk_written: int | None = None
     lost: dict = field(default_factory=dict)
+    missed: dict = field(default_factory=dict)
     received: dict = field(default_factory=dict)
     duration: float = 0.0
     stopped_by: str = ""
@@ -64,7 +76,12 @@ class TraceResult:
 
     @property
     def total_lost(self) -> int:
-        return sum(self.lost.values())
+        """Records the buffers dropped plus program runs the kernel skipped."""
+        return sum(self.lost.values()) + self.total_missed
+
+    @property
+    def total_missed(self) -> int:
+        return sum(self.missed.values())
 
     def main_frame(self):
         """The frame to show first: events, else printk lines, else the first map."""
@@ -97,6 +114,9 @@ class TraceResult:
             lines.append(f"printk: {len(self.printk)} lines")
         for name, df in self.maps.items():
             lines.append(f"map {name}: {len(df)} rows")
+        for name, n in self.missed.items():
+            if n:
+                lines.append(f"{name}: SKIPPED {n:,} runs (recursion protection)")
         if self.exit_code is not None:
             said = self.workload_message() if self.exit_code else ""
             lines.append(f"workload exit code {self.exit_code}" + (f": {said}" if said else ""))
@@ -131,11 +151,17 @@ class TraceResult:
         for n in [] if self.announced else self.notes:
             out.append(f"<div style='color:#0969da'><b>note:</b> {html.escape(n)}</div>")
         items = "".join(f"<li>{html.escape(s)}</li>" for s in self.summary_lines())
-        if self.total_lost:
+        dropped = self.total_lost - self.total_missed
+        if dropped:
             items += (
-                f"<li style='color:#cf222e'><b>{self.total_lost} events were lost</b>: "
+                f"<li style='color:#cf222e'><b>{dropped} events were lost</b>: "
                 "the buffer filled faster than it was read (make it bigger, or aggregate in "
                 "a map)</li>"
+            )
+        if self.total_missed:
+            items += (
+                f"<li style='color:#cf222e'><b>{self.total_missed} program runs were skipped"
+                "</b> by the kernel: another BPF program was running on that CPU</li>"
             )
         out.append(f"<ul style='margin:0'>{items}</ul>")
         label, df = self.main_frame()

@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import attach, channels, exact, frames, kinds, layout, probes, program
+from . import attach, bpfsys, channels, exact, frames, kinds, layout, probes, program
 from ._bcc import bcc as _bcc
 from .errors import BadArguments, NothingAttached, NotPermitted
 from .privileges import require_privileges
-from .result import TraceResult
+from .result import TraceResult, missed_text
 from .running import check_trace_pipe
 
 DEFAULT_DURATION = 5.0  # seconds, when there is no workload to wait for
@@ -531,6 +531,7 @@ class Session:
             if self.printk:
                 result.printk = self.printk.frame(self.wall_offset)
                 self._count_printk(result)
+            self._misses_said(result)
             return result
         finally:
             if self.budget is not None:
@@ -547,6 +548,21 @@ class Session:
             )
             self._warn(text)
             result.warnings.append(text)
+
+    def _misses_said(self, result: TraceResult) -> None:
+        """Runs the kernel skipped because a BPF program was already running on that CPU
+        (bpf_prog_info.recursion_misses). Read once detached, so no run comes after."""
+        for key, fn in self.bpf.funcs.items():
+            name = key.decode()
+            try:
+                missed = bpfsys.recursion_misses(fn.fd)
+            except OSError:  # a kernel without OBJ_GET_INFO_BY_FD: nothing to say
+                continue
+            result.missed[name] = missed
+            if missed:
+                text = missed_text(name, missed, scope=name in program.SCOPE_PROBES)
+                result.warnings.append(text)
+                self._warn(text)
 
     def _budget_said(self, result: TraceResult) -> None:
         """What the memory budget did, in the result and as it happens."""
