@@ -9,14 +9,21 @@ from . import plots, recordfile
 from .cpus import online_cpus
 from .errors import BadArguments
 
+# What a skipped run of the workload scope's own programs (program.SCOPE_PROBES) means.
+_SCOPE_MISSES = {
+    "__ebpfkit_fork": "the workload scope's fork tracker: processes started then are not "
+    "in the scope, and their events are missing",
+    "__ebpfkit_free": "the workload scope's exit tracker: processes freed then stay in the "
+    "scope map, so a new process given one of their PIDs would be traced too",
+}
 
-def missed_text(name: str, n: int, scope: bool = False) -> str:
+
+def missed_text(name: str, n: int) -> str:
     """The warning for ``n`` runs of program ``name`` that the kernel skipped."""
-    whose = " (the workload scope's own program: processes may be missing)" if scope else ""
+    what = _SCOPE_MISSES.get(name, "what those runs would have recorded is missing")
     return (
-        f"the kernel skipped {n:,} runs of {name}{whose} (recursion protection: another "
-        "BPF program was running on that CPU, for example one interrupted by this "
-        "program's event), so what those runs would have recorded is missing"
+        f"the kernel skipped {n:,} runs of {name} (recursion protection: another BPF "
+        f"program was running on that CPU, for example one its event interrupted): {what}"
     )
 
 

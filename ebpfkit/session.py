@@ -560,7 +560,7 @@ class Session:
                 continue
             result.missed[name] = missed
             if missed:
-                text = missed_text(name, missed, scope=name in program.SCOPE_PROBES)
+                text = missed_text(name, missed)
                 result.warnings.append(text)
                 self._warn(text)
 
