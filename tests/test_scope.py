@@ -15,6 +15,9 @@ from helpers import bpf, needs_root, prog_ids
 from ebpfkit.errors import BadArguments
 from ebpfkit.session import Run
 
+# atomic_increment, not increment: BCC's increment() is a plain load, add and store, and
+# with the workload's processes (and the decoy) on both CPUs it lost up to 17 of 220,000
+# counts here; atomic_increment and a per-CPU count lost none in the same runs.
 COUNT = """
 BPF_HASH(calls, u32, u64);
 TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
@@ -22,7 +25,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
     bpf_get_current_comm(&comm, sizeof(comm));
     if (comm[0] != 's' || comm[1] != 'c' || comm[2] != 'o' || comm[3] != 'p') return 0;
     u32 k = 0;
-    calls.increment(k);
+    calls.atomic_increment(k);
     return 0;
 }
 """
@@ -57,11 +60,14 @@ def _total(result) -> int:
     return int(result.maps["calls"]["value"].sum())
 
 
-def _counted_all(total: int, expected: int) -> bool:
-    """The workload's calls, none of the decoy's (a decoy round is 1,000 calls). A handful
-    may be missing: sys_enter_getppid was seen to miss up to 13 of 2,100 calls of this
-    workload now and then, scoped or not (not yet explained; issue 16 note)."""
-    return expected - 20 <= total <= expected
+def _counted_all(result, expected: int, fn: str = "tracepoint__syscalls__sys_enter_getppid"):
+    """The workload's calls, none of the decoy's (a decoy round is 1,000 calls), less only
+    the runs the kernel said it skipped (none expected: the probe fires in task context).
+    The scope's exit tracker may be skipped (sched_process_free runs from an RCU callback,
+    which can interrupt the counting program); that only leaves freed PIDs in scope."""
+    missed = result.missed[fn]
+    assert missed <= 5 and result.missed["__ebpfkit_fork"] == 0, result.missed
+    assert _total(result) == expected - missed
 
 
 @needs_root
@@ -70,7 +76,7 @@ def test_the_scope_sees_every_descendant_and_no_decoy(getppid_loop, decoy, ip):
     before = prog_ids()
     result = bpf(ip, f'--workload-only --run "{workload}"', COUNT)
     assert result.exit_code == 0
-    assert _counted_all(_total(result), expected)
+    _counted_all(result, expected)
     assert prog_ids() <= before, "the scope's probes outlived the cell"
 
 
@@ -88,13 +94,13 @@ def test_the_scope_from_python(getppid_loop, decoy):
 
     workload, expected = _forking_workload(getppid_loop)
     result = ebpfkit.trace(COUNT, run=workload, workload_only=True)
-    assert _counted_all(_total(result), expected)
+    _counted_all(result, expected)
     # Every probe kind is filtered: a second probe, by option, sees the same scope.
     both = COUNT.replace("TRACEPOINT_PROBE(syscalls, sys_enter_getppid)", "int on_call(void *ctx)")
     result = ebpfkit.trace(
         both, tracepoint="syscalls:sys_enter_getppid", run=workload, workload_only=True
     )
-    assert _counted_all(_total(result), expected)
+    _counted_all(result, expected, fn="on_call")
 
 
 def test_the_scope_needs_a_workload(ip):
