@@ -28,7 +28,7 @@ from . import attach, bpfsys, channels, exact, frames, kinds, layout, probes, pr
 from ._bcc import bcc as _bcc
 from .errors import BadArguments, NothingAttached, NotPermitted
 from .privileges import require_privileges
-from .result import TraceResult, missed_text
+from .result import LOSES_NOTHING, TraceResult, missed_text
 from .running import check_trace_pipe
 
 DEFAULT_DURATION = 5.0  # seconds, when there is no workload to wait for
@@ -559,10 +559,12 @@ class Session:
             except OSError:  # a kernel without OBJ_GET_INFO_BY_FD: nothing to say
                 continue
             result.missed[name] = missed
-            if missed:
-                text = missed_text(name, missed)
-                result.warnings.append(text)
-                self._warn(text)
+            if missed and name in LOSES_NOTHING:
+                result.notes.append(missed_text(name, missed))
+                self._note(result.notes[-1])
+            elif missed:
+                result.warnings.append(missed_text(name, missed))
+                self._warn(result.warnings[-1])
 
     def _budget_said(self, result: TraceResult) -> None:
         """What the memory budget did, in the result and as it happens."""
