@@ -3,13 +3,27 @@
 # `%%bpf --recording NAME` cell (and `ebpfkit.trace(..., recording=NAME)`) traces live and
 # saves notebooks/recordings/NAME.ebpfkit, which Binder and non-root users then replay.
 #
-#   scripts/record-lessons.sh [--save] [NOTEBOOK.ipynb ...]   (default: every notebooks/*.ipynb)
+#   scripts/record-lessons.sh [--vm] [--save] [NOTEBOOK.ipynb ...]   (default: every notebooks/*.ipynb)
 #
 # Run it as root on a real kernel, one lesson at a time on a quiet machine (other processes
 # show up in machine-wide traces). Without --save the notebooks are left as they are: the
 # executed copies go to a temporary folder, removed at the end (KEEP=1 keeps it). With --save
 # each lesson that ran through gets this run's outputs, without the cells' execution
 # timestamps (scripts/tidy_notebooks.py), so a re-run's diff shows only what changed.
+# At the end it lists the recordings made, each with what it attached (kprobe or tracepoint).
+#
+# --vm records in the kprobe lane's virtual machine instead: scripts/vm-lane.sh boots Debian's
+# stock kernel, which has kprobes, over this machine's files and runs this script there (without
+# --vm). On a kernel without kprobes the kprobe cells (`-k ... --fallback ...`, `kprobe=`) record
+# the tracepoint fallback, so the lessons with kprobe cells are recorded this way, and a replay
+# shows a real kprobe:
+#
+#   scripts/record-lessons.sh --vm --save notebooks/01-hello-kprobe.ipynb notebooks/10-fast-track.ipynb
+#
+# Only notebooks/ is writable from the guest: the recordings and the saved notebooks come back
+# there, so only lessons inside it can be recorded this way. The guest is emulated in software:
+# count minutes per lesson, plus a few to boot; VM_TIMEOUT (seconds, 2400 by default) bounds the
+# whole run. The recordings then say they were made on Linux 6.12.N+debN-amd64.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,8 +36,27 @@ if [ ! -x .venv/bin/jupyter-nbconvert ]; then
   exit 1
 fi
 
+vm=0
 save=0
-if [ "${1:-}" = --save ]; then save=1; shift; fi
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --vm) vm=1; shift ;;
+    --save) save=1; shift ;;
+    *) break ;;
+  esac
+done
+if [ "$vm" = 1 ]; then
+  for nb in "$@"; do
+    case "$(realpath -m "$nb")" in
+      "$PWD"/notebooks/*) ;;
+      *) echo "record-lessons: --vm: the guest writes only into notebooks/, and $nb is not in it" >&2
+         exit 1 ;;
+    esac
+  done
+  again=()
+  [ "$save" = 1 ] && again+=(--save)
+  exec bash scripts/vm-lane.sh scripts/record-lessons.sh "${again[@]}" "$@"
+fi
 if [ $# -gt 0 ]; then notebooks=("$@"); else notebooks=(notebooks/*.ipynb); fi
 out=$(mktemp -d /tmp/record-lessons.XXXXXX)
 stamp="$out/.started"
@@ -54,8 +87,23 @@ mapfile -t folders < <(printf '%s\n' "${folders[@]}" | sort -u)
 existing=()
 for f in "${folders[@]}"; do [ -d "$f" ] && existing+=("$f"); done
 [ ${#existing[@]} -gt 0 ] || existing=(/nonexistent)
-echo "recordings made now:"
-find "${existing[@]}" -name '*.ebpfkit' -newer "$stamp" -printf '  %p (%s bytes)\n' 2>/dev/null | sort
+echo "recordings made now (with what each attached):"
+mapfile -t made < <(find "${existing[@]}" -name '*.ebpfkit' -newer "$stamp" 2>/dev/null | sort)
+if [ ${#made[@]} -gt 0 ]; then
+  python - "${made[@]}" <<'EOF'
+import os
+import sys
+
+from ebpfkit.recording import load
+
+for path in sys.argv[1:]:
+    try:
+        attached = "; ".join(load(path).attached) or "nothing attached"
+    except Exception as e:  # noqa: BLE001 - list it all the same
+        attached = f"not read back: {e}"
+    print(f"  {path} ({os.path.getsize(path)} bytes): {attached}")
+EOF
+fi
 stale=$(find "${existing[@]}" -name '*.ebpfkit' ! -newer "$stamp" 2>/dev/null | sort)
 if [ -n "$stale" ]; then
   echo "recordings NOT made again (no cell names them any more, or their notebook failed):"

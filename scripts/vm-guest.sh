@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
-# Runs inside the kprobe lane's virtual machine (see vm-lane.sh).
+# Runs inside the kprobe lane's virtual machine (see vm-lane.sh). With no arguments, the lane's
+# checks; with a COMMAND [ARG ...] (vm-lane.sh COMMAND ...), that command instead, from the
+# repository's folder, after checking that this kernel has kprobes (the reason to be here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mountpoint -q /sys/kernel/debug || mount -t debugfs nodev /sys/kernel/debug
 echo "guest kernel: $(uname -r)"
+
+if [ $# -gt 0 ]; then
+  .venv/bin/python -c '
+from ebpfkit import probes
+ok, why = probes.kprobes_available()
+print("guest kprobes:", "yes" if ok else "NO", f"({why})")
+raise SystemExit(0 if ok else 1)' || { echo "guest: no kprobes here: $* not run"; exit 1; }
+  exec "$@"
+fi
+
 status=0
 
 .venv/bin/ebpfkit check | tee /tmp/ebpfkit-check.txt || status=1

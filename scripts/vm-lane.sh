@@ -4,6 +4,14 @@
 # (virtme-ng, software emulation: KVM crashes in early boot here), and runs inside it
 # `ebpfkit check`, the kprobe tests and the notebooks whose subject is a kprobe.
 # Installs what it needs; fails with a message, never hangs, if the VM does not come up.
+#
+#   scripts/vm-lane.sh                    the lane (make test, make test-vm): scripts/vm-guest.sh
+#   scripts/vm-lane.sh COMMAND [ARG ...]  runs COMMAND in the same guest instead, from the
+#                                         repository's folder, once vm-guest.sh has seen kprobes work
+#
+# The guest sees this machine's files read-only (its writes to /etc, /tmp, /var ... stay in the
+# guest), except, with a COMMAND, the folder notebooks/, which it may write: what it records
+# there (scripts/record-lessons.sh --vm) comes back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf 'vm-lane: %s\n' "$*"; }
@@ -44,9 +52,14 @@ log=$(mktemp)
 say "booting $kernel (software emulation, limit ${limit}s)"
 start=$(date +%s)
 set +e
+writable=()
+if [ $# -gt 0 ]; then
+  say "guest command: $*"
+  writable=(--rwdir "$PWD/notebooks")
+fi
 PATH="$PWD/.venv/bin:$PATH" timeout -k 20 "$limit" \
-  vng -r "$kernel" --user root --disable-kvm --cpus 2 --memory 4G -- \
-  "$PWD/scripts/vm-guest.sh" 2>&1 | tee "$log"
+  vng -r "$kernel" --user root --disable-kvm --cpus 2 --memory 4G "${writable[@]}" -- \
+  "$PWD/scripts/vm-guest.sh" "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 say "guest finished in $(( $(date +%s) - start ))s with status $rc"
