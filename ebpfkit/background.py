@@ -5,6 +5,9 @@
     result = bg.stop()  # detach, collect: a TraceResult
 
 or ``%%bpf --background opens`` in a notebook, ``%bpf --stop opens``, ``%bpf --stop-all``.
+A bpftrace script runs the same way (``%%bpftrace --background NAME``,
+``ebpfkit.bpftrace.start``): its ``Bpftrace`` lives as a Session does (``start``, ``run``,
+``close``, ``_stop_producers``), so the handle, the listing and the stopping are these.
 With ``recording=NAME`` (``--recording NAME``) it follows $EBPFKIT_MODE as a foreground
 cell does: record mode saves the result when the trace is stopped, and where the cell
 replays, the handle is a stand-in (ReplayedTrace) that does no kernel work at all.
@@ -45,7 +48,10 @@ JOIN_TIMEOUT = 30.0  # seconds to wait for a stopped trace to collect its data
 
 
 class BackgroundTrace:
-    """A trace running in a thread of its own; ``stop()`` ends it and returns the result."""
+    """A trace running in a thread of its own; ``stop()`` ends it and returns the result.
+
+    ``session``: a Session, or a ``bpftrace.Bpftrace`` (anything with their life cycle).
+    """
 
     def __init__(self, name: str, session: Session):
         self.name = name
@@ -278,7 +284,8 @@ def start_session(
     recording_name: str | None = None,
     cell: dict | None = None,
 ) -> BackgroundTrace:
-    """``start`` for a Session already made (the magic makes its own).
+    """``start`` for a Session already made (the magic makes its own), or a
+    ``bpftrace.Bpftrace`` not yet started (``bpftrace.start`` makes one).
 
     With ``recording_name`` the trace follows $EBPFKIT_MODE: where it replays, the
     handle is a ReplayedTrace of that recording and nothing is compiled or attached;

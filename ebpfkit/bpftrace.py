@@ -23,6 +23,16 @@ workload's exit, the live view's Stop button or Ctrl-C, bpftrace gets SIGINT and
 its maps; if it does not end
 in time, or anything goes wrong, it is killed, and the workload's group with it.
 bpftrace's errors are shown with the cell's own line numbers.
+
+``-W`` (``workload_only=True``) keeps only the workload's events, in the kernel, as
+``%%bpf -W`` does: the workload's gate shell starts first, and bpftrace gets its pid as
+``$1``; our BEGIN puts it in a scope map (``@__ebpfkit_scope``), fed at
+``sched_process_fork`` and emptied at ``sched_process_free``, and every probe of the cell
+but BEGIN, END and interval has the scope's test added to its predicate; the gate lets
+the workload go once BEGIN has run. What ebpfkit writes into the cell's own lines is
+accounted for (``Script.insertions``), so bpftrace's columns are still the cell's.
+``--background NAME`` (``start``) runs a ``Bpftrace`` as ``ebpfkit.background`` runs a
+Session: started in the caller's cell, traced in a thread until stopped.
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ __all__ = [
     "parse_lines",
     "register",
     "run",
+    "start",
 ]
 
 DEFAULT_DURATION = 5.0  # seconds, as %%bpf
@@ -203,11 +214,43 @@ def _may_be_text(expr: str) -> bool:
     return not re.fullmatch(r"(?:args->\w+|\(\w+\)\s*.*)", expr)
 
 
+# The workload's scope (-W), as %%bpf keeps it (program._SCOPE): the gate shell, whose pid is
+# the script's $1, is 2 ("its children are in, it is not"); a process in the map adds each
+# child it forks as 1; a task leaves when it is freed, after its last event.
+SCOPE_MAP = "@__ebpfkit_scope"
+_SCOPE_GATE = f"{SCOPE_MAP}[$1] = 2; "
+_IN_SCOPE = f"{SCOPE_MAP}[pid] == 1"
+_SCOPE_PROBES = (
+    f"tracepoint:sched:sched_process_fork /{SCOPE_MAP}[pid]/ "
+    f"{{ {SCOPE_MAP}[args->child_pid] = 1; }}\n"
+    f"tracepoint:sched:sched_process_free /{SCOPE_MAP}[args->pid]/ "
+    f"{{ delete({SCOPE_MAP}[args->pid]); }}\n"
+)
+# Probes that are no process's events: the scope leaves them alone.
+_UNSCOPED = re.compile(r"^(?:BEGIN|END|interval:|i:)")
+
+
+@dataclass
+class _Header:
+    """A probe block's header: its probe specs and where its parts are in the text."""
+
+    specs: list[str]
+    brace: int  # the block's "{"
+    predicate: tuple[int, int] | None  # the two "/" around the predicate
+
+
 @dataclass
 class Script:
-    """A cell's bpftrace script, what ebpfkit reads off it, and the text handed to bpftrace."""
+    """A cell's bpftrace script, what ebpfkit reads off it, and the text handed to bpftrace.
+
+    ``scoped``: every probe but BEGIN, END and interval keeps only the events of the
+    workload's processes (the scope map, seeded with the gate's pid given as ``$1``).
+    Whatever ebpfkit adds to the user's lines is in ``insertions`` (line, column, length),
+    so that bpftrace's columns are read back as the cell's; the rest goes after the cell.
+    """
 
     text: str
+    scoped: bool = False
     marker: str = field(default_factory=lambda: f"ebpfkit-attached-{uuid.uuid4().hex}")
     probes: list[str] = field(default_factory=list)  # the probe specs, as written
     keys: dict[str, list[str]] = field(default_factory=dict)  # map name -> key column names
@@ -215,22 +258,35 @@ class Script:
     text_keys: dict[str, list[bool]] = field(default_factory=dict)
     maps: list[str] = field(default_factory=list)  # every @map named, in order
     final: str = ""  # the script bpftrace runs
-    # Where our marker went into the user's own BEGIN block: (line, column, length).
-    inserted: tuple[int, int, int] | None = None
+    insertions: list[tuple[int, int, int]] = field(default_factory=list)
     added_begin: bool = False
 
     def __post_init__(self) -> None:
         blank = _blank(self.text)
-        begin_brace = None
-        depth, header_start = 0, 0
+        headers = self._headers(blank)
+        self.probes = [spec for h in headers for spec in h.specs]
+        self._read_keys(blank)
+        edits = self._scope_edits(headers) if self.scoped else []
+        begin = next((h.brace for h in headers if "BEGIN" in h.specs), None)
+        start = (_SCOPE_GATE if self.scoped else "") + f'printf("{self.marker}"); '
+        if begin is not None:
+            edits.append((begin + 1, " " + start))
+        self.final = self._edited(sorted(edits, key=lambda e: e[0]))
+        # Whole blocks of ours go after the cell, on lines of their own.
+        self.added_begin = begin is None
+        tail = f"BEGIN {{ {start}}}\n" if self.added_begin else ""
+        tail += _SCOPE_PROBES if self.scoped else ""
+        if tail:
+            sep = "" if self.final.endswith("\n") or not self.final else "\n"
+            self.final += sep + tail
+
+    def _headers(self, blank: str) -> list[_Header]:
+        """Each top-level block's header, in order (structs and the like have no specs)."""
+        out, depth, header_start = [], 0, 0
         for i, c in enumerate(blank):
             if c == "{":
                 if depth == 0:
-                    header = blank[header_start:i].strip().lstrip(";").strip()
-                    specs = self._probe_specs(header)
-                    self.probes += specs
-                    if "BEGIN" in specs and begin_brace is None:
-                        begin_brace = i
+                    out.append(self._header(blank, header_start, i))
                 depth += 1
             elif c == "}":
                 depth -= 1
@@ -238,6 +294,19 @@ class Script:
                     header_start = i + 1
             elif c == ";" and depth == 0:
                 header_start = i + 1
+        return out
+
+    def _header(self, blank: str, start: int, brace: int) -> _Header:
+        header = blank[start:brace].strip().lstrip(";").strip()
+        # A predicate follows the probes after white space: `tracepoint:a:b /pid == 1/`.
+        cut = re.search(r"\s/", blank[start:brace])
+        opening = start + cut.end() - 1 if cut else -1
+        closing = blank.rfind("/", opening + 1, brace) if cut else -1
+        predicate = (opening, closing) if closing > opening >= 0 else None
+        return _Header(self._probe_specs(header), brace, predicate)
+
+    def _read_keys(self, blank: str) -> None:
+        """Every @map named, and the column names of each one's key expressions."""
         for m in re.finditer(r"@(\w*)", blank):
             name = "@" + m.group(1)
             if name not in self.maps:
@@ -260,17 +329,41 @@ class Script:
                 seen[n] = i
             self.keys[name] = names
             self.text_keys[name] = [_may_be_text(inner[a:b]) for a, b in spans]
-        call = f'printf("{self.marker}"); '
-        if begin_brace is None:
-            sep = "" if self.text.endswith("\n") or not self.text else "\n"
-            self.final = f"{self.text}{sep}BEGIN {{ {call}}}\n"
-            self.added_begin = True
-        else:
-            at = begin_brace + 1
-            self.final = self.text[:at] + " " + call + self.text[at:]
+
+    @staticmethod
+    def _scope_edits(headers: list[_Header]) -> list[tuple[int, str]]:
+        """The scope's test in each probe's predicate: `/pred/` -> `/in scope && (pred)/`."""
+        edits = []
+        for h in headers:
+            if not h.specs or any(_UNSCOPED.match(s) for s in h.specs):
+                continue
+            if h.predicate is None:
+                edits.append((h.brace, f" /{_IN_SCOPE}/ "))
+            else:
+                edits += [(h.predicate[0] + 1, f"{_IN_SCOPE} && ("), (h.predicate[1], ")")]
+        return edits
+
+    def _edited(self, edits: list[tuple[int, str]]) -> str:
+        """The text with ``edits`` (offset, text) made, each one kept in ``insertions``."""
+        parts, last = [], 0
+        for at, added in edits:
+            parts += [self.text[last:at], added]
+            last = at
             line = self.text.count("\n", 0, at) + 1
             col = at - (self.text.rfind("\n", 0, at) + 1) + 1
-            self.inserted = (line, col, len(call) + 1)
+            self.insertions.append((line, col, len(added)))
+        return "".join(parts) + self.text[last:]
+
+    def column(self, line: int, col: int) -> int:
+        """The cell's column of bpftrace's column ``col`` on ``line`` of the final script."""
+        shift = 0
+        for at_line, at, length in self.insertions:  # in the order of the text
+            if at_line != line or col < at + shift:
+                continue
+            if col < at + shift + length:
+                return at  # in our own text: where it went in
+            shift += length
+        return col - shift
 
     @staticmethod
     def _probe_specs(header: str) -> list[str]:
@@ -554,9 +647,9 @@ def diagnostics(stderr: str, script: Script) -> tuple[list[str], list[str]]:
         line = int(m["line"])
         col = int(m["col"]) if m["col"] else None
         col2 = int(m["col2"]) if m["col2"] else None
-        if script.inserted and line == script.inserted[0] and col and col > script.inserted[1]:
-            col -= script.inserted[2]
-            col2 = col2 - script.inserted[2] if col2 else None
+        # Columns of the cell's own, not of the script with our additions.
+        col = script.column(line, col) if col else None
+        col2 = script.column(line, col2) if col2 else None
         message = m["message"]
         # A probe's range starts where the previous block ended: find the probe itself.
         named = re.search(r"not found: (\S+)|target file '([^']+)'|probe: '([^']+)'", message)
@@ -639,20 +732,33 @@ def check_duration(duration: float | None) -> None:
         )
 
 
+def _check_scope(workload_only: bool, workload: str | None) -> None:
+    """The scope is the workload's processes: without a workload, an error (as %%bpf's)."""
+    if workload_only and not workload:
+        from .session import _WORKLOAD_ONLY_NEEDS_RUN
+
+        raise BadArguments(_WORKLOAD_ONLY_NEEDS_RUN)
+
+
 class _Workload:
-    """The ``--run`` command: started once the probes are attached, killed with its group."""
+    """The ``--run`` command: started once the probes are attached, killed with its group.
+
+    With the scope, ``admit(gate_pid)`` runs between the start of its gate and its release
+    (``session._start_workload``): there bpftrace starts with the gate's pid as ``$1``.
+    """
 
     def __init__(self, command: str):
         self.command = command
         self.proc: subprocess.Popen | None = None
         self.out = self.copier = None
         self.ended_after: float | None = None
+        self.killed = False
 
-    def start(self) -> None:
+    def start(self, admit: Callable[[int], None] | None = None) -> None:
         from .session import _start_workload
 
         self.out = tempfile.TemporaryFile()
-        self.proc, self.copier = _start_workload(self.command, self.out)
+        self.proc, self.copier = _start_workload(self.command, self.out, admit)
 
     def exited(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
@@ -660,7 +766,9 @@ class _Workload:
     def kill(self) -> None:
         from .session import _kill_group
 
-        if self.proc is not None:
+        # Once: a process group reaped long ago may be another's by the next call.
+        if self.proc is not None and not self.killed:
+            self.killed = True
             _kill_group(self.proc)
 
     def fill(self, result: TraceResult) -> None:
@@ -700,30 +808,41 @@ class _LiveLines:
         return self.output.lost
 
     def recent(self, n: int, wall_offset=None):
+        return self.frame(wall_offset, last=4 * n).tail(n)
+
+    def frame(self, wall_offset=None, last: int | None = None):
+        """The lines so far (a background trace's ``frame()``), or of the ``last`` fragments."""
         out = self.output
         k = len(out.received)  # the reader appends to both lists: read as far as both go
-        tail = Output(
-            printf=out.printf[max(k - 4 * n, 0) : k], received=out.received[max(k - 4 * n, 0) : k]
-        )
-        return tail.lines_frame().tail(n)
+        first = 0 if last is None else max(k - last, 0)
+        return Output(printf=out.printf[first:k], received=out.received[first:k]).lines_frame()
 
 
 class Bpftrace:
     """One bpftrace run: ``Bpftrace(script).run(duration=2, workload="ls")``.
 
+    It lives as a ``Session`` does, so that ``ebpfkit.background`` runs either: ``start()``
+    returns once every probe is attached (its errors raise there), ``run()`` traces (after
+    starting, if need be) and ends with ``close()``, which leaves nothing running.
+    ``workload_only``: only the workload's processes are traced; ``start()`` then starts
+    the workload too, behind its gate, whose pid bpftrace gets as ``$1``.
     ``pid`` is bpftrace's process id once started (for tests that check it is gone).
     """
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, *, workload: str | None = None, workload_only: bool = False):
         if not text.strip():
             raise BadArguments(
                 "no script: write a bpftrace program in the cell below %%bpftrace, e.g. "
                 "tracepoint:syscalls:sys_enter_openat { @[comm] = count(); }"
             )
-        self.script = Script(text)
+        self.source = text  # what a recording of it is compared with
+        self.script = Script(text, scoped=workload_only)
+        self.workload, self.workload_only = workload, workload_only
         self.pid: int | None = None
         self.proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
+        self._wl: _Workload | None = None
+        self._workdir: Path | None = None
         self.output = Output(marker=self.script.marker)
         # What ebpfkit.live's views read off a trace, as they read a Session: the printf
         # output as the one buffer (none for a script that prints nothing), no printk.
@@ -739,8 +858,26 @@ class Bpftrace:
         return list(self.script.user_probes) or list(self.script.probes)
 
     def _stop_producers(self, why: str) -> None:
-        """End the trace (the live view's Stop button, from another thread)."""
+        """End the trace (the live view's Stop button, ``stop()`` of a background trace)."""
         self.stop_reason = self.stop_reason or why
+
+    def start(self) -> Bpftrace:
+        """Start bpftrace; return once every probe is attached, or raise with nothing left."""
+        _check_scope(self.workload_only, self.workload)
+        require_privileges()
+        exe = bpftrace_path()
+        self._workdir = Path(tempfile.mkdtemp(prefix="ebpfkit-bpftrace-"))
+        try:
+            if self.workload_only:
+                # The gate waits until bpftrace's BEGIN has put it in the scope map.
+                self._wl = _Workload(self.workload)
+                self._wl.start(admit=lambda gate: self._launch(exe, [str(gate)]))
+            else:
+                self._launch(exe, [])
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     def run(
         self,
@@ -757,47 +894,40 @@ class Bpftrace:
         from .live import watched
 
         check_duration(duration)
-        return watched(progress, self, lambda view: self._run(duration, workload, view))
+        if workload is not None:
+            if self._wl is not None and workload != self.workload:
+                raise BadArguments(f"this trace started its workload already: {self.workload}")
+            self.workload = workload
+        return watched(progress, self, lambda view: self._run(duration, view))
 
-    def _run(self, duration, workload, progress) -> TraceResult:
-        require_privileges()
-        exe = bpftrace_path()
-        limit = duration or (WORKLOAD_LIMIT if workload else DEFAULT_DURATION)
-        wl = _Workload(workload) if workload else None
-        workdir = Path(tempfile.mkdtemp(prefix="ebpfkit-bpftrace-"))
-        stopped_by, elapsed = "", 0.0
+    def _run(self, duration, progress) -> TraceResult:
+        limit = duration or (WORKLOAD_LIMIT if self.workload else DEFAULT_DURATION)
         try:
-            with open(workdir / "stderr", "w+b") as errfile:
-                try:
-                    if self._start(exe, workdir, errfile):
-                        stopped_by, elapsed = self._trace(limit, wl, progress)
-                finally:
-                    self._end(wl)  # whatever happened: nothing of this cell runs on
-                errfile.seek(0)
-                stderr = errfile.read().decode("utf-8", "replace")
+            if self.proc is None:
+                self.start()
+            stopped_by, elapsed = self._trace(limit, progress)
+            self._end()  # whatever happened: nothing of this trace runs on
+            result = self._result(self._stderr(), self.proc.returncode)
+            result.duration, result.stopped_by = elapsed, stopped_by
+            if self._wl is not None:
+                self._wl.fill(result)
+            return result
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        if not stopped_by:  # bpftrace ended before its probes were attached
-            errors, _ = diagnostics(stderr, self.script)
-            raise _error_for(errors, self.script, stderr)
-        result = self._result(stderr, self.proc.returncode)
-        result.duration, result.stopped_by = elapsed, stopped_by
-        if wl is not None:
-            wl.fill(result)
-        return result
+            self.close()
 
-    def _start(self, exe: str, workdir: Path, errfile) -> bool:
-        """Start bpftrace: True once its probes are attached, False if it ended before."""
-        path = workdir / FILENAME
+    def _launch(self, exe: str, args: list[str]) -> None:
+        """Start bpftrace on the script (``args``: its $1...); back once its probes attach."""
+        path = self._workdir / FILENAME
         path.write_text(self.script.final)
-        self.proc = subprocess.Popen(
-            [exe, "-f", "json", str(path)],
-            stdout=subprocess.PIPE,
-            stderr=errfile,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C in a terminal reaches us, not it
-            cwd=workdir,
-        )
+        with open(self._workdir / "stderr", "wb") as errfile:
+            self.proc = subprocess.Popen(
+                [exe, "-f", "json", str(path), *args],
+                stdout=subprocess.PIPE,
+                stderr=errfile,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, not it
+                cwd=self._workdir,
+            )
         self.pid = self.proc.pid
         self._reader = threading.Thread(
             target=self._read, args=(self.proc,), daemon=True, name="ebpfkit-bpftrace"
@@ -806,15 +936,25 @@ class Bpftrace:
         try:
             self._wait_attached(self.proc, self._reader)
         except _Refused:
-            return False
-        return True
+            stderr = self._stderr()
+            errors, _ = diagnostics(stderr, self.script)
+            raise _error_for(errors, self.script, stderr) from None
 
-    def _trace(self, limit: float, wl: _Workload | None, progress) -> tuple[str, float]:
+    def _stderr(self) -> str:
+        """What bpftrace wrote to its stderr so far."""
+        if self._workdir is None:
+            return ""
+        path = self._workdir / "stderr"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def _trace(self, limit: float, progress) -> tuple[str, float]:
         """Start the workload, wait for the end, stop bpftrace: (what ended it, seconds)."""
         proc = self.proc
         start = time.monotonic()
-        if wl is not None:
-            wl.start()
+        if self._wl is None and self.workload:
+            self._wl = _Workload(self.workload)
+            self._wl.start()
+        wl = self._wl
         stopped_by = "duration"
         try:
             while True:
@@ -841,7 +981,7 @@ class Bpftrace:
         self._reader.join(timeout=STOP_TIMEOUT)
         return stopped_by, elapsed
 
-    def _end(self, wl: _Workload | None) -> None:
+    def _end(self) -> None:
         """bpftrace killed if it still runs, its pipe closed, the workload's group killed."""
         proc = self.proc
         if proc is not None:
@@ -851,8 +991,18 @@ class Bpftrace:
                 self._reader.join(timeout=5)  # at the end of the pipe now that it has ended
             if proc.stdout is not None:
                 proc.stdout.close()
-        if wl is not None:
-            wl.kill()
+        if self._wl is not None:
+            self._wl.kill()
+
+    def close(self) -> None:
+        """Nothing of this trace left: bpftrace, the workload's group, the script's folder.
+
+        Safe to call twice (a background trace calls it after ``run`` has).
+        """
+        self._end()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def _read(self, proc: subprocess.Popen) -> None:
         # Whatever a line holds, this thread reads on: a stalled pipe would stall bpftrace.
@@ -878,6 +1028,7 @@ class Bpftrace:
             self.output.attached.wait(POLL)
         # bpftrace 0.17 skips a uprobe whose symbol it cannot find, if anything else attaches.
         special = len({"BEGIN", "END"} & {*self.script.probes, "BEGIN"})
+        special += 2 if self.script.scoped else 0  # the scope's fork and free
         counted = self.output.attached_probes
         if self.script.user_probes and counted is not None and counted <= special:
             raise _nothing_attached(self.script)
@@ -916,7 +1067,9 @@ class Bpftrace:
 
         # In the script's order; a map it names that bpftrace never printed (never
         # filled, or emptied) is an empty frame, so that r.maps["@x"] is always there.
-        for name in [*self.script.maps, *(n for n in out.maps if n not in self.script.maps)]:
+        # The scope's map is ours, not a result.
+        extra = [n for n in out.maps if n not in self.script.maps and n != SCOPE_MAP]
+        for name in [*self.script.maps, *extra]:
             if name not in out.maps:
                 result.maps[name] = pd.DataFrame()
                 continue
@@ -950,29 +1103,38 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _cell(script: str, duration, run, workload_only: bool) -> dict:
+    """The script and its options, kept with the result (and its recording)."""
+    options = {"duration": duration, "run": run, "workload_only": workload_only}
+    return {"source": script, "options": {**options, "language": "bpftrace"}}
+
+
 def run(
     script: str,
     *,
     duration: float | None = None,
     run: str | None = None,
+    workload_only: bool = False,
     recording: str | None = None,
     progress: Callable[[Bpftrace, float], None] | bool | str | None = None,
 ) -> TraceResult:
     """Run a bpftrace script and return what it gathered, as ``ebpfkit.trace`` does for C.
+
+    ``workload_only=True`` (with ``run``): only the events of the command's processes and
+    their descendants, as ``%%bpf --workload-only`` keeps them (BEGIN, END and interval
+    probes are no process's and fire as they would).
 
     >>> r = run('tracepoint:syscalls:sys_enter_openat { @[comm] = count(); }',
     ...         run="cat /etc/hostname")      # doctest: +SKIP
     >>> r.maps["@"]                           # doctest: +SKIP
     """
     check_duration(duration)
+    _check_scope(workload_only, run)
 
     def live() -> TraceResult:
-        bt = Bpftrace(script)
-        result = bt.run(duration=duration, workload=run, progress=progress)
-        result.cell = {
-            "source": script,
-            "options": {"duration": duration, "run": run, "language": "bpftrace"},
-        }
+        bt = Bpftrace(script, workload=run, workload_only=workload_only)
+        result = bt.run(duration=duration, progress=progress)
+        result.cell = _cell(script, duration, run, workload_only)
         return result
 
     if recording is None:
@@ -980,6 +1142,45 @@ def run(
     from .recording import run_or_replay
 
     return run_or_replay(recording, live, source=script)
+
+
+def start(
+    script: str,
+    *,
+    name: str | None = None,
+    duration: float | None = None,
+    run: str | None = None,
+    workload_only: bool = False,
+    progress=True,
+    recording: str | None = None,
+):
+    """Start a bpftrace script and let it trace in the background, as ``ebpfkit.start``
+    does C: the same handle (``ebpfkit.background.BackgroundTrace``), listed by
+    ``%bpf --list``, stopped by ``stop()``, ``%bpf --stop NAME``, ``stop_all`` and at exit.
+
+    bpftrace is started and its probes attached here (its errors raise here); without a
+    ``duration`` it traces until stopped (at most an hour), with ``run`` until the command
+    exits. ``stop()`` returns the TraceResult. ``recording=NAME`` records or replays it as
+    $EBPFKIT_MODE says.
+
+    >>> opens = start('tracepoint:syscalls:sys_enter_openat { @[comm] = count(); }',
+    ...               name="opens")           # doctest: +SKIP
+    >>> opens.stop().maps["@"]                # doctest: +SKIP
+    """
+    from . import background
+
+    check_duration(duration)
+    _check_scope(workload_only, run)
+    trace = Bpftrace(script, workload=run, workload_only=workload_only)
+    return background.start_session(
+        trace,
+        name=name,
+        duration=duration,
+        run=run,
+        progress=progress,
+        recording_name=recording,
+        cell=_cell(script, duration, run, workload_only),
+    )
 
 
 # ---------------------------------------------------------------------- the magic
@@ -1019,7 +1220,8 @@ if Magics is not None:
             "-d",
             "--duration",
             type=float,
-            help="seconds to trace (default 5; with --run, until the command exits, at most 60)",
+            help="seconds to trace (default 5; with --run, until the command exits, at most "
+            "60; with --background, until stopped, at most an hour)",
         )
         @argument(
             "-r",
@@ -1027,11 +1229,26 @@ if Magics is not None:
             metavar="COMMAND",
             help="shell command started after the probes attach, e.g. --run 'ls; cat /etc/x'",
         )
+        @argument(
+            "-W",
+            "--workload-only",
+            action="store_true",
+            help="keep only the events of the --run command and every process it starts, "
+            "children started during the trace included (filtered in the kernel); BEGIN, "
+            "END and interval probes fire as they would",
+        )
         @argument("-o", "--out", metavar="NAME", help="also store the result in this variable")
         @argument(
             "--recording",
             metavar="NAME",
             help="tie the cell to the recording NAME, as %%bpf --recording does",
+        )
+        @argument(
+            "--background",
+            metavar="NAME",
+            help="keep tracing in the background while other cells run; the handle is stored "
+            "as NAME: NAME.frame() the printf lines so far, NAME.stop() (or %%bpf --stop "
+            "NAME) the result; listed by %%bpf --list",
         )
         @cell_magic
         def bpftrace(self, line: str, cell: str):
@@ -1045,6 +1262,13 @@ if Magics is not None:
             events bpftrace's buffer lost are ``lost["printf"]``. The workload (``--run``)
             starts once every probe is attached and is ended with its process group.
 
+            ``-W`` keeps only the workload's events, as ``%%bpf -W`` does: every probe but
+            BEGIN, END and interval gets a test of ``@__ebpfkit_scope`` added to its
+            predicate (bpftrace's messages still give the cell's own lines and columns).
+            ``--background NAME`` traces on while other cells run, as ``%%bpf
+            --background`` does: ``NAME.stop()``, ``%bpf --stop NAME`` or ``%bpf
+            --stop-all`` ends it and returns the result; ``%bpf --list`` lists it.
+
             Examples::
 
                 %%bpftrace --run "ls /"
@@ -1053,12 +1277,20 @@ if Magics is not None:
                 %%bpftrace -d 2 -o sizes
                 tracepoint:syscalls:sys_exit_read /args->ret > 0/ { @bytes = hist(args->ret); }
 
+                %%bpftrace -W --run "make -j4"
+                tracepoint:syscalls:sys_enter_execve { @execs[comm] = count(); }
+
+                %%bpftrace --background opens
+                tracepoint:syscalls:sys_enter_openat { @opens[comm] = count(); }
+
             Ctrl-C ends the trace and keeps what bpftrace printed.
             """
             try:
                 args = self.bpftrace.parser.parse_args(shlex.split(line))
             except ValueError as e:
                 raise BadArguments(f"cannot read the options: {e}") from None
+            if args.background:
+                return self._start_background(args, line, cell or "")
             duration = (
                 args.duration
                 if args.duration is not None
@@ -1068,6 +1300,7 @@ if Magics is not None:
                 cell or "",
                 duration=duration,
                 run=args.run,
+                workload_only=args.workload_only,
                 recording=args.recording,
                 progress=self.live,
             )
@@ -1076,6 +1309,27 @@ if Magics is not None:
             if args.out:
                 self.shell.user_ns[args.out] = result
             return result
+
+        def _start_background(self, args, line: str, script: str):
+            """``--background NAME``: the handle, stored as NAME (as ``%%bpf`` does)."""
+            if args.out:
+                raise BadArguments(
+                    "--background NAME stores the trace's handle as NAME (its .result after "
+                    "NAME.stop()); it takes no --out"
+                )
+            trace = start(
+                script,
+                name=args.background,
+                duration=args.duration,  # none: until stopped
+                run=args.run,
+                workload_only=args.workload_only,
+                progress=self.live,
+                recording=args.recording,
+            )
+            if trace.cell is not None:
+                trace.cell["options"] = line
+            self.shell.user_ns[trace.name] = trace
+            return trace
 
 
 def register(shell) -> None:

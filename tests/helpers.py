@@ -71,3 +71,33 @@ def build_getppid_loop(folder: Path) -> str:
     binary = folder / "getppid_loop"
     subprocess.run(["gcc", "-O2", "-o", str(binary), str(GETPPID_LOOP_C)], check=True)
     return str(binary)
+
+
+def forking_getppid_workload(loop: str, name: str) -> tuple[str, int]:
+    """A shell command whose children and grandchildren (some in the background, some
+    started late) call getppid() under the name ``name``; and the total calls they make.
+    ``loop`` is build_getppid_loop's binary."""
+    cmd = (
+        f"{loop} {name} 100; "
+        f"( {loop} {name} 200; ( {loop} {name} 300 ) ); "
+        f"sh -c '{loop} {name} 400 & {loop} {name} 500 & wait'; "
+        f"sleep 0.2; {loop} {name} 600"
+    )
+    return cmd, 100 + 200 + 300 + 400 + 500 + 600
+
+
+@contextlib.contextmanager
+def getppid_decoy(loop: str, name: str):
+    """A process beside the workload making the same calls under the same name, round
+    after round (1,000 calls each) until the block ends; its whole session is killed."""
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", f"while :; do {loop} {name} 1000; done"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
+        proc.wait()

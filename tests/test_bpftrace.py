@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from helpers import bpf, needs_root, prog_ids
+from helpers import bpf, forking_getppid_workload, getppid_decoy, needs_root, prog_ids
 
 from ebpfkit import bpftrace as bt
 from ebpfkit import plots, probes
@@ -175,6 +175,40 @@ def test_script_marker_and_keys():
     assert s.probes == ["BEGIN", "END"] and not s.added_begin
     assert s.final.splitlines()[1] == f'BEGIN {{ printf("{s.marker}");  printf("{{ BEGIN }}"); }}'
     assert s.final.count("\n") == text.count("\n")
+
+
+def test_scoped_script_filters_every_probe_but_begin_end_and_interval():
+    text = (
+        "BEGIN { @b = 1; }\n"
+        "tracepoint:a:b /pid > 1/ { @x = count(); }\n"
+        "tracepoint:c:d,tracepoint:e:f{ @y = count(); } interval:s:1 { print(@x); }\n"
+        "END { }"
+    )
+    s = bt.Script(text, scoped=True)
+    lines = s.final.splitlines()
+    assert lines[0] == f'BEGIN {{ @__ebpfkit_scope[$1] = 2; printf("{s.marker}");  @b = 1; }}'
+    assert lines[1] == "tracepoint:a:b /@__ebpfkit_scope[pid] == 1 && (pid > 1)/ { @x = count(); }"
+    assert lines[2] == (
+        "tracepoint:c:d,tracepoint:e:f /@__ebpfkit_scope[pid] == 1/ { @y = count(); } "
+        "interval:s:1 { print(@x); }"
+    )
+    assert lines[3] == "END { }"
+    # The scope's own probes after the cell, on lines of their own.
+    assert [line.split(" /")[0] for line in lines[4:]] == [
+        "tracepoint:sched:sched_process_fork",
+        "tracepoint:sched:sched_process_free",
+    ]
+    assert s.probes == [
+        "BEGIN", "tracepoint:a:b", "tracepoint:c:d", "tracepoint:e:f", "interval:s:1", "END"
+    ]  # fmt: skip
+    # bpftrace's columns read back as the cell's: before, inside and after the additions.
+    moved = len("@__ebpfkit_scope[pid] == 1 && (")
+    assert s.column(2, 16) == 16  # the "/" before the predicate
+    assert s.column(2, 17 + moved) == 17  # "pid", the predicate's first character
+    assert s.column(2, 17 + 3) == 17  # inside our own text: where it went in
+    assert s.column(2, 26 + moved + 1) == 26  # "{" after the predicate's ")"
+    assert s.column(3, lines[2].index("@y") + 1) == text.splitlines()[2].index("@y") + 1
+    assert bt.Script(text).final.count("__ebpfkit_scope") == 0
 
 
 SYNTAX = """\
@@ -516,7 +550,9 @@ def test_kernel_stacks_fold_and_draw(shell, getppid_loop):
 def test_magic_documents_its_options(ip):
     bt.register(ip)
     doc = ip.find_cell_magic("bpftrace").__doc__
-    for option in ("--run", "--duration", "--out", "--recording"):
+    for option in ("--run", "--duration", "--out", "--recording", "--workload-only", "-W"):
+        assert option in doc, option
+    for option in ("--background", "%bpf --list", "%bpf --stop NAME", "BEGIN, END and interval"):
         assert option in doc, option
 
 
@@ -671,3 +707,145 @@ def test_load_ext_registers_bpftrace():
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "ebpfkit")
     assert {"bpf", "bpftrace"} <= set(shell.magics_manager.magics["cell"])
+
+
+# ----------------------------------------------------------------- -W, the workload's scope
+
+SCOPED_CELL = """\
+BEGIN { @begun = 1; }
+tracepoint:syscalls:sys_enter_getppid /comm == "bt-scoped"/ {
+    @calls = count(); @procs[pid] = count();
+}
+tracepoint:syscalls:sys_enter_getppid { @by_comm[comm] = count(); }
+interval:ms:50 { @ticks = count(); }
+"""
+
+
+@pytest.fixture
+def decoy(getppid_loop):
+    """The workload's calls under the same name, all through the trace, outside the workload."""
+    with getppid_decoy(getppid_loop, "bt-scoped") as proc:
+        yield proc
+
+
+@needs_root
+@needs_bpftrace
+def test_workload_only_counts_the_workload_and_no_decoy(shell, getppid_loop, decoy):
+    workload, expected = forking_getppid_workload(getppid_loop, "bt-scoped")
+    before = prog_ids()
+    r = bpftrace_cell(shell, f'-W --run "{workload}"', SCOPED_CELL)
+    assert r.exit_code == 0 and r.stopped_by == "workload exit"
+    # Children, grandchildren, those in the background and the one started late: every
+    # call of the workload, none of the decoy's (a decoy round is 1,000 calls).
+    assert r.maps["@calls"].value.tolist() == [expected]
+    assert len(r.maps["@procs"]) == 6
+    by_comm = r.maps["@by_comm"].set_index("comm").value
+    assert by_comm["bt-scoped"] == expected  # a probe without a predicate is scoped too
+    # BEGIN and interval probes are no process's events: they fire as without -W.
+    assert r.maps["@begun"].value.tolist() == [1] and r.maps["@ticks"].value.iloc[0] > 0
+    assert "@__ebpfkit_scope" not in r.maps and not r.warnings
+    assert prog_ids() <= before, "the scope's probes outlived the cell"
+
+    # Without the scope, the decoy's calls are there to be counted.
+    r = bt.run(SCOPED_CELL, run=workload)
+    assert r.maps["@calls"].value.iloc[0] > expected
+
+
+@needs_root
+@needs_bpftrace
+def test_workload_only_from_python_and_its_checks(getppid_loop, decoy):
+    workload, expected = forking_getppid_workload(getppid_loop, "bt-scoped")
+    r = bt.run(SCOPED_CELL, run=workload, workload_only=True)
+    assert r.maps["@calls"].value.tolist() == [expected]
+    assert r.cell["options"]["workload_only"] is True
+    with pytest.raises(BadArguments, match="--run"):
+        bt.run(SCOPED_CELL, duration=1, workload_only=True)
+
+
+@needs_root
+@needs_bpftrace
+def test_error_in_a_scoped_cell_names_the_cells_line_and_column(shell):
+    cell = "\ntracepoint:syscalls:sys_enter_getppid /pid > 0/ { @y = nosuchfn(1); }\n"
+    with pytest.raises(bt.BpftraceError) as e:
+        bpftrace_cell(shell, '-W --run "sleep 36.5"', cell)
+    text = str(e.value)
+    assert "line 2, column 56: Unknown function: nosuchfn" in text
+    assert text.splitlines()[-1] == " " * (8 + 55) + "^" * len("nosuchfn")
+    assert "__ebpfkit" not in text
+    assert _workload_pids("36.5") == []  # the workload's gate went with the error
+    # In the predicate itself, where the scope's test goes in front of it.
+    cell = "tracepoint:syscalls:sys_enter_getppid /nosuchfn(pid)/ { @y = count(); }"
+    with pytest.raises(bt.BpftraceError, match="line 1, column 40: Unknown function"):
+        bpftrace_cell(shell, '-W --run "true"', cell)
+    with pytest.raises(BadArguments, match="--run"):
+        bpftrace_cell(shell, "-W -d 1", cell)
+
+
+# ----------------------------------------------------------------- --background
+
+BG_CELL = """\
+tracepoint:syscalls:sys_enter_getppid /comm == "bt-bg"/ {
+    @calls = count(); printf("call by %d\\n", pid);
+}
+"""
+
+
+def _until(check, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@needs_root
+@needs_bpftrace
+def test_background_traces_on_and_stops_with_its_maps(shell, getppid_loop):
+    import subprocess
+
+    from ebpfkit.background import BackgroundTrace
+
+    trace = bpftrace_cell(shell, "--background bt_bg", BG_CELL)
+    try:
+        assert isinstance(trace, BackgroundTrace) and shell.user_ns["bt_bg"] is trace
+        pid = trace.session.pid
+        progs = _held_by(pid)
+        assert progs and _alive(pid)
+        # Other cells run meanwhile: the trace sees what they do.
+        caller = subprocess.Popen([getppid_loop, "bt-bg", "40"], stdout=subprocess.DEVNULL)
+        assert caller.wait() == 0
+        assert _until(lambda: len(trace.frame()) == 40), trace.frame()
+        listed = shell.run_line_magic("bpf", "--list").set_index("name")
+        assert listed.loc["bt_bg", "status"] == "tracing"
+        assert listed.loc["bt_bg", "events"] == 40
+        assert "sys_enter_getppid" in listed.loc["bt_bg", "attached"]
+        r = shell.run_line_magic("bpf", "--stop bt_bg")
+    finally:
+        trace.stop()
+    assert r.stopped_by == "%bpf --stop"
+    assert r.maps["@calls"].value.tolist() == [40]
+    assert r.printk.message.tolist() == [f"call by {caller.pid}"] * 40
+    assert r.cell["options"] == "--background bt_bg"
+    assert "bt_bg" not in shell.run_line_magic("bpf", "--list")["name"].tolist()
+    assert not _alive(pid) and not (progs & prog_ids())
+
+
+@needs_root
+@needs_bpftrace
+def test_background_scoped_workload_and_stop_all(getppid_loop, decoy):
+    import ebpfkit
+
+    workload, expected = forking_getppid_workload(getppid_loop, "bt-scoped")
+    scoped = bt.start(SCOPED_CELL, name="bt_scoped", run=workload, workload_only=True)
+    sleeper = bt.start(BG_CELL, name="bt_sleeper", run="sleep 37.5", progress=False)
+    pids = [scoped.session.pid, sleeper.session.pid]
+    assert _until(lambda: not scoped.running), "the workload's exit did not end its trace"
+    assert _workload_pids("37.5"), "the sleeper's workload is not running"
+    stopped = ebpfkit.stop_all()
+    r = stopped["bt_scoped"]
+    assert r.stopped_by == "workload exit" and r.maps["@calls"].value.tolist() == [expected]
+    assert stopped["bt_sleeper"].stopped_by == "stop_all()"
+    assert not any(_alive(p) for p in pids)
+    assert _workload_pids("37.5") == []  # nothing of a stopped trace runs on
+    assert ebpfkit.sessions() == {}
