@@ -88,3 +88,15 @@ def test_the_count_is_the_kernels(getppid_loop):
         assert ours == _bpftool_misses(prog_id)
     finally:
         b.cleanup()
+
+
+def test_a_skipped_exit_tracker_loses_nothing():
+    """The scope's exit tracker skipped only leaves freed PIDs in scope: shown, not lost."""
+    from ebpfkit.result import TraceResult
+
+    result = TraceResult(missed={"__ebpfkit_free": 3, "on_call": 2, "on_exit": 0})
+    assert result.total_missed == result.total_lost == 2
+    lines = result.summary_lines()
+    assert "__ebpfkit_free: skipped 3 runs (recursion protection)" in lines
+    assert "on_call: SKIPPED 2 runs (recursion protection)" in lines
+    assert not any(line.startswith("on_exit") for line in lines)
