@@ -25,7 +25,7 @@ def missed_text(name: str, n: int) -> str:
     what = _SCOPE_MISSES.get(name, "what those runs would have recorded is missing")
     return (
         f"the kernel skipped {n:,} runs of {name} (recursion protection: another BPF "
-        f"program was running on that CPU, for example one its event interrupted): {what}"
+        f"program was running on that CPU, typically one this run interrupted): {what}"
     )
 
 
