@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from . import ctext
 from ._stderr import capture_stderr
+from .btf import Btf
 from .errors import CompileError, MapRefused, VerifierError
 from .exact import Prelude
 from .probes import tracepoint_fields
@@ -54,12 +55,13 @@ static inline __attribute__((always_inline)) int __ebpfkit_skip(void) {{
 # process in the map adds the child, whichever thread forks. A task leaves the map when
 # it is freed, not at sched_process_exit: its last events (the final context switch into
 # the zombie state) come after that, and its PID cannot be reused before it is freed.
+# The free tracker is a raw tracepoint: sched_process_free fires from an RCU callback that
+# can interrupt another BPF program, and there a tracepoint's program would be skipped
+# (its recursion guard is per CPU; a raw tracepoint's is per program).
 SCOPE_MAP = "__ebpfkit_scope"
 SCOPE_FULL_MAP = "__ebpfkit_scope_full"
-SCOPE_PROBES = {
-    "__ebpfkit_fork": "sched:sched_process_fork",
-    "__ebpfkit_free": "sched:sched_process_free",
-}
+SCOPE_PROBES = {"__ebpfkit_fork": "sched:sched_process_fork"}
+SCOPE_RAW_PROBES = {"__ebpfkit_free": "sched_process_free"}
 _SCOPE = """\
 BPF_HASH(__ebpfkit_scope, u32, u8, {entries});
 BPF_PERCPU_ARRAY(__ebpfkit_scope_full, u64, 1);
@@ -75,8 +77,9 @@ int __ebpfkit_fork(void *ctx) {{
     }}
     return 0;
 }}
-int __ebpfkit_free(void *ctx) {{
-    u32 task = *(s32 *)((char *)ctx + {freed_pid_offset});
+int __ebpfkit_free(struct bpf_raw_tracepoint_args *ctx) {{
+    u32 task = 0;  /* the freed task_struct's pid, at its offset in BTF */
+    bpf_probe_read_kernel(&task, sizeof(task), (void *)(ctx->args[0] + {task_pid_offset}));
     __ebpfkit_scope.delete(&task);
     return 0;
 }}
@@ -298,12 +301,11 @@ def prepare(
     comm: str | None = None,
     fn_names: set[str] | None = None,
     generated: str = "",
-    scope_child_offset: int | None = None,
+    scoped: bool = False,
 ) -> Source:
     """``text`` made ready for BCC; ``generated``: C the probe kinds made for it
     (kinds.prepare_all), placed in our prelude, before the user's first line.
-    ``scope_child_offset``: keep only the workload's events (``SCOPE_MAP``); the offset
-    of ``child_pid`` in sched_process_fork's record, read from its format file."""
+    ``scoped``: keep only the workload's events (``SCOPE_MAP``)."""
     src = Source(text=text)
     code = ctext.blank(text)  # what is declared and called, not what comments mention
     src.ring_buffers = _RINGBUF_DECL.findall(code)
@@ -320,12 +322,12 @@ def prepare(
         prelude += f"BPF_PERCPU_ARRAY({PRINTK_MAP}, u64, 1);\n"
         body, tagged = count_printk(body, tag)
         src.printk_tag = tag if tagged else None
-    scoped = scope_child_offset is not None
     if scoped:
         prelude += _SCOPE.format(
             entries=SCOPE_ENTRIES,
-            child_pid_offset=int(scope_child_offset),
-            freed_pid_offset=_record_offset("sched", "sched_process_free", "pid"),
+            # 6.18 moved the comms to __data_loc: the offset is the format file's, not the headers'
+            child_pid_offset=_record_offset("sched", "sched_process_fork", "child_pid"),
+            task_pid_offset=Btf.load().member_offset("task_struct", "pid"),
         )
     if pid or comm or scoped:
         prelude += _FILTER.format(

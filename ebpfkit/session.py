@@ -269,7 +269,7 @@ class Session:
                 comm=self.comm,
                 fn_names={s.fn for s in self.specs},
                 generated=kinds.prepare_all(self.specs, self.pid),
-                scope_child_offset=_child_pid_offset() if self.workload_only else None,
+                scoped=self.workload_only,
             )
             if self.src.uses_printk:
                 check_trace_pipe(self)  # a background trace of ours may hold trace_pipe
@@ -285,6 +285,8 @@ class Session:
             if self.workload_only:
                 for fn, tracepoint in program.SCOPE_PROBES.items():
                     self.bpf.attach_tracepoint(tp=tracepoint, fn_name=fn)
+                for fn, tracepoint in program.SCOPE_RAW_PROBES.items():
+                    self.bpf.attach_raw_tracepoint(tp=tracepoint, fn_name=fn)
         except BaseException:
             self.close()
             raise
@@ -761,13 +763,6 @@ def _start_workload(
     copy = _StderrCopy(read, out)
     copy.start()
     return proc, copy
-
-
-def _child_pid_offset() -> int:
-    """Where sched_process_fork's record keeps ``child_pid`` on this kernel (its format file:
-    6.18 moved the comms to __data_loc, so the offset is not the headers')."""
-    fields = probes.tracepoint_fields("sched", "sched_process_fork")
-    return next(f["offset"] for f in fields if f["name"] == "child_pid")
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

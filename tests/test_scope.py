@@ -77,11 +77,13 @@ def _total(result) -> int:
 def _counted_all(result, expected: int, fn: str = "tracepoint__syscalls__sys_enter_getppid"):
     """The workload's calls, none of the decoy's (a decoy round is 1,000 calls), less only
     the runs the kernel said it skipped (none expected: the probe fires in task context).
-    The scope's exit tracker may be skipped (sched_process_free runs from an RCU callback,
-    which can interrupt the counting program); that only leaves freed PIDs in scope."""
+    The scope's own trackers are never skipped: the exit tracker is a raw tracepoint, whose
+    recursion guard is its own, though sched_process_free runs from an RCU callback that
+    can interrupt the counting program (as a tracepoint it was skipped in half the runs)."""
     missed = result.missed[fn]
-    assert missed <= 5 and result.missed["__ebpfkit_fork"] == 0, result.missed
-    assert result.total_lost == missed  # a skipped exit tracker loses no event
+    assert missed <= 5, result.missed
+    assert result.missed["__ebpfkit_fork"] == result.missed["__ebpfkit_free"] == 0, result.missed
+    assert result.total_lost == missed
     assert _total(result) == expected - missed
 
 
