@@ -57,8 +57,10 @@ if [ $# -gt 0 ]; then
   say "guest command: $*"
   writable=(--rwdir "$PWD/notebooks")
 fi
+# The guest reads this machine's /etc/hostname: it gets this machine's name too (virtme-ng's
+# own, "virtme-ng", would make a recording's hostname disagree with what `cat /etc/hostname` printed).
 PATH="$PWD/.venv/bin:$PATH" timeout -k 20 "$limit" \
-  vng -r "$kernel" --user root --disable-kvm --cpus 2 --memory 4G "${writable[@]}" -- \
+  vng -r "$kernel" --name "$(uname -n)" --user root --disable-kvm --cpus 2 --memory 4G "${writable[@]}" -- \
   "$PWD/scripts/vm-guest.sh" "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
