@@ -246,12 +246,20 @@ def map_frame(table, map_type: int, ncpus: int):
 
     The map is read in bulk (mapread.py) and each column cut from the entries' bytes
     with numpy, with the names and dtypes bcc's ``items()`` rows would give.
+
+    A per-CPU map of numbers has one row per key: ``cpu0``, ``cpu1``... (each CPU's
+    value) and ``value``, their sum. A per-CPU map whose value is a struct (or an
+    array) has no sum: it has one row per key and CPU, the key's columns, ``cpu``, then
+    the struct's fields (an array value: ``value``), keys in order, each key's CPUs
+    from 0, every possible CPU included (a CPU the program never ran on: zeros).
     """
     import pandas as pd
 
     data = mapread.read(table)
     if not len(data):
         return pd.DataFrame([])
+    if data.percpu and not _is_number(data.value_type):
+        return _per_cpu_struct_frame(data, ncpus)
     try:
         columns = _type_columns(data.keys, data.key_type, "key")
         if data.percpu:
@@ -496,6 +504,38 @@ def _ctype_rows(data: mapread.MapData, ncpus: int) -> list[dict]:
         else:
             row.update(_ctype_columns(v, "value"))
         rows.append(row)
+    return rows
+
+
+def _per_cpu_struct_frame(data: mapread.MapData, ncpus: int):
+    """``map_frame`` of a per-CPU map of structs: a row per key and CPU (see there)."""
+    import pandas as pd
+
+    cpus = min(ncpus, data.values.shape[1])
+    try:
+        columns = _type_columns(np.repeat(data.keys, cpus), data.key_type, "key")
+        keys = list(columns)
+        columns["cpu"] = np.tile(np.arange(cpus, dtype=np.int64), len(data))
+        values = np.ascontiguousarray(data.values[:, :cpus]).reshape(-1)
+        columns.update(_type_columns(values, data.value_type, "value"))
+        arrays = [k for k in keys if isinstance(columns[k], list)]
+    except _Opaque:
+        key = _ctype_columns(data.key_type(), "key")
+        keys, arrays = list(key), [k for k, v in key.items() if isinstance(v, list)]
+        columns = _ctype_cpu_rows(data, cpus)
+    df = pd.DataFrame(columns)
+    if not arrays:  # a key with an array in it stays in the order read
+        df = df.sort_values([*keys, "cpu"], kind="stable")
+    return df.reset_index(drop=True)
+
+
+def _ctype_cpu_rows(data: mapread.MapData, cpus: int) -> list[dict]:
+    """The rows of ``_per_cpu_struct_frame``, entry by entry through ctypes values."""
+    rows = []
+    for k, v in _ctype_items(data):
+        key = _ctype_columns(k, "key")
+        for cpu in range(cpus):
+            rows.append({**key, "cpu": cpu, **_ctype_columns(v[cpu], "value")})
     return rows
 
 
