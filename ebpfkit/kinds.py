@@ -389,6 +389,23 @@ KINDS: dict[str, Kind] = {k.name: k for k in _KINDS}
 # The kinds a cell that attaches nothing is pointed to: the ones every kernel has first.
 SUGGESTED = ("tracepoint", "uprobe", "perf", "kprobe")
 
+# Functions bcc loads and attaches by their names alone (BPF._trace_autoload), each
+# with the program type (bcc.BPF's constant) it is loaded as.
+BY_NAME = (
+    ("kprobe__", "KPROBE"),
+    ("kretprobe__", "KPROBE"),
+    ("tracepoint__", "TRACEPOINT"),  # TRACEPOINT_PROBE(category, event)
+    ("raw_tracepoint__", "RAW_TRACEPOINT"),  # RAW_TRACEPOINT_PROBE(event)
+    ("kfunc__", "TRACING"),  # KFUNC_PROBE(function)
+    ("kretfunc__", "TRACING"),  # KRETFUNC_PROBE(function)
+    ("lsm__", "LSM"),  # LSM_PROBE(hook)
+)
+
+
+def by_name_type(function: str) -> str | None:
+    """The program type of a function named the bcc way (``tracepoint__...``); else None."""
+    return next((kind for prefix, kind in BY_NAME if function.startswith(prefix)), None)
+
 
 def get(name: str) -> Kind:
     """The kind called ``name``; BadArguments naming the kinds otherwise."""

@@ -46,6 +46,17 @@ def _pid(text: str) -> int:
         raise BadArguments(f"--pid {text!r}: give a process id, or self (this notebook)") from None
 
 
+def _loaded_line(names: list[str]) -> str:
+    """What ``--load-only`` says it loaded (and freed again)."""
+    if names:
+        return "loaded into the kernel (not attached): " + ", ".join(names)
+    return (
+        "nothing was loaded into the kernel: no probe option names a function of the cell, "
+        "and none is named the bcc way (TRACEPOINT_PROBE(...), kprobe__..., tracepoint__..., "
+        "raw_tracepoint__...); name one with an option, e.g. --load-only -t CATEGORY:EVENT=fn"
+    )
+
+
 def _given(args) -> dict:
     """The options as given (those set), kept with a background trace's recording."""
     return {k: v for k, v in vars(args).items() if v is not None and v is not False}
@@ -177,7 +188,9 @@ class BpfMagics(Magics, Configurable):
     @argument(
         "--load-only",
         action="store_true",
-        help="compile and load the programs into the kernel, but attach nothing",
+        help="compile and load into the kernel, then free, attaching nothing: the functions "
+        "the probe options name and those named the bcc way (TRACEPOINT_PROBE, kprobe__...), "
+        "each as its kind of program; the verifier judges each",
     )
     @argument(
         "--recording",
@@ -261,7 +274,7 @@ class BpfMagics(Magics, Configurable):
         probes = {kind: getattr(args, kind) for kind in KINDS}
         if args.load_only:
             names = load(source, cache=self.cache and not args.no_cache, **probes)
-            print("loaded into the kernel (not attached): " + (", ".join(names) or "all functions"))
+            print(_loaded_line(names))
             return None
         if args.background and args.out:
             raise BadArguments(

@@ -873,10 +873,17 @@ def trace(
 
 
 def load(source: str, **options) -> list[str]:
-    """Compile and load every probe function into the kernel without attaching it.
+    """Compile and load the probe functions into the kernel without attaching them.
 
-    Returns the names of the loaded programs. This works even where the kernel
-    cannot attach them (a kprobe program on a kernel without kprobes).
+    Loaded: the functions the probe options name (``kprobe=``, ``tracepoint=`` ...), as
+    their kinds' program types, and those named the bcc way, as bcc would load them:
+    ``kprobe__``/``kretprobe__`` (kprobe), ``TRACEPOINT_PROBE``/``tracepoint__``
+    (tracepoint), ``RAW_TRACEPOINT_PROBE``/``raw_tracepoint__`` (raw tracepoint),
+    ``kfunc__``/``kretfunc__`` (fentry/fexit) and ``lsm__``. Any other function is
+    not loaded. Returns the names of the loaded programs, the options' first, then the
+    others in alphabetical order; an empty list when there was none. Each is freed
+    before this returns. This works even where the kernel cannot attach them (a kprobe
+    program on a kernel without kprobes).
     """
     require_privileges()
     bcc = _bcc()
@@ -889,10 +896,13 @@ def load(source: str, **options) -> list[str]:
             bcc, src, options.get("cflags"), cache=options.get("cache", True)
         )
         try:
-            for spec in specs:
-                prog_type = getattr(bcc.BPF, kinds.KINDS[spec.kind].program_type)
-                program.load_or_explain(b, spec.fn, prog_type)
-            return [s.fn for s in specs]
+            types = {s.fn: kinds.KINDS[s.kind].program_type for s in specs}
+            for name in sorted(b.function_names()):
+                types.setdefault(name, kinds.by_name_type(name))
+            loaded = [name for name, kind in types.items() if kind is not None]
+            for name in loaded:
+                program.load_or_explain(b, name, getattr(bcc.BPF, types[name]))
+            return loaded
         finally:
             b.cleanup()
     finally:
