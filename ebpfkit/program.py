@@ -414,51 +414,122 @@ def explain_compile_error(src: Source, stderr: str) -> str:
     return "the C code did not compile:\n" + "\n".join(out)
 
 
-# What verifier messages usually mean, for a learner.
+# The program types the hints name (linux/bpf.h's enum bpf_prog_type; uprobes are kprobe's).
+_PROG_TYPES = {2: "kprobe", 5: "tracepoint", 7: "perf event", 17: "raw tracepoint", 26: "tracing"}
+# Where a helper that program types often lack may be called (the kernel's *_func_proto).
+_HELPER_WHERE = {
+    "bpf_get_func_ip": "kprobe programs (kprobes and uprobes) and fentry/fexit may call it",
+    "bpf_perf_prog_read_value": "only perf event programs (-P) may call it",
+}
+
+
+def _helper_hint(m: re.Match, log: str, exc: Exception) -> str:
+    """A helper this program type may not call: which types may, where the hints know."""
+    helper = m["helper"] or m["h2"] or m["h3"]
+    kind = _PROG_TYPES.get(getattr(exc, "prog_type", None) or int(m["type"] or 0))
+    who = f"{kind} programs" if kind else "programs of this type"
+    where = _HELPER_WHERE.get(helper, "bpf-helpers(7) says which programs may call it")
+    return f"{helper} is not available to {who}: {where}"
+
+
+def _scalar_hint(m: re.Match, log: str, exc: Exception) -> str:
+    """A number used as a pointer; where it held a ring buffer record, which case that is."""
+    states = re.findall(rf"\bR{m['reg']}=(\w+)", log)
+    if states and states[-1] == "0" and f"R{m['reg']}=ringbuf_mem_or_null" in log:
+        return (
+            "ringbuf_reserve()'s result was used on the path where it is NULL (a full "
+            "buffer): test it (if (!e) return 0;) before writing to it"
+        )
+    if states and states[-1] == "ringbuf_mem":
+        after = log[log.rfind(f"R{m['reg']}=ringbuf_mem") :]
+        if re.search(r"call bpf_ringbuf_(?:submit|discard)", after):
+            return (
+                "the ring buffer record was used after ringbuf_submit() or ringbuf_discard() "
+                "gave it back: fill it in before, and leave it alone after"
+            )
+    return (
+        f"R{m['reg']}, a number to the verifier, was used as a pointer: read memory the "
+        "program does not own with bpf_probe_read_kernel() or bpf_probe_read_user()"
+    )
+
+
+# What the verifier's refusal means, for a learner: (pattern, meaning), first match wins. A
+# meaning may be a function of the match, the whole log and the exception.
 _VERIFIER_HINTS = [
     (
-        r"Argument list too long|E2BIG|too many instructions|Program too large|"
-        r"jumps is too complex",
-        "the verifier ran out of its budget of 1,000,000 checked instructions, usually on a "
-        "loop whose bound it cannot see (a bound read from a map or an argument): use a small "
-        "constant bound, and stop early with break",
+        r"The sequence of \d+ jumps is too complex",
+        "too many branches to explore: the verifier follows both sides of every test it "
+        "cannot decide, and more than 8,192 were waiting at once (a test in a loop of "
+        "thousands of rounds): fewer rounds, or fewer tests in the loop",
     ),
     (
-        r"invalid mem access 'scalar'|invalid mem access 'inv'",
-        "a pointer was dereferenced directly; read kernel memory with bpf_probe_read_kernel() "
-        "and user memory with bpf_probe_read_user()",
+        r"BPF program is too large\. Processed \d+ insn",
+        "the verifier checked 1,000,000 instructions, its budget, before reaching the end "
+        "(a loop walked round by round): use a small constant bound, and stop early with break",
     ),
+    (
+        r"invalid access to (?:memory|map value|packet)|value is outside of the allowed memory",
+        "a read or write may fall outside the memory it points into (of mem_size or "
+        "value_size bytes; off: the offset tried): bound the index by a constant, its size",
+    ),
+    (
+        r"invalid mem access 'map_value_or_null'",
+        "a map lookup result was used without checking it for NULL",
+    ),
+    (
+        r"invalid mem access 'ringbuf_mem_or_null'",
+        "ringbuf_reserve()'s result was used without checking it for NULL",
+    ),
+    (r"invalid mem access '\w+_or_null'", "a pointer that may be NULL was used without a test"),
+    (r"R(?P<reg>\d+) invalid mem access '(?:scalar|inv)'", _scalar_hint),
+    (
+        r"program of this type cannot use helper (?P<helper>\w+)#|unknown func (?P<h2>\w+)#|"
+        r"func (?P<h3>\w+)#\d+ not supported for program type (?P<type>\d+)",
+        _helper_hint,
+    ),
+    (r"invalid func \w+#", "this kernel does not have that helper"),
     (
         r"invalid indirect read from stack|invalid read from stack",
         "a stack variable was used before being initialised; "
         "zero it first (= {} or __builtin_memset)",
     ),
     (
-        r"map_value_or_null|invalid mem access 'map_value_or_null'",
-        "a map lookup result was used without checking it for NULL",
-    ),
-    (
         r"back-edge|infinite loop|loops are not allowed",
         "the loop has no bound the verifier can see; use a constant bound or #pragma unroll",
     ),
     (
-        r"program is too large|BPF program is too large",
-        "the program has too many instructions; split it or shorten loops",
-    ),
-    (
-        r"R\d+ min value is negative|R\d+ unbounded memory access",
+        r"unbounded min value|R\d+ min value is negative|R\d+ unbounded memory access",
         "an index or size is not bounded; clamp it (if (i >= N) return 0;) before using it",
     ),
-    (r"unknown func|invalid func", "this helper is not available to this program type or kernel"),
+    (r"Argument list too long", "the program is too large for the kernel to load (E2BIG)"),
 ]
+# The log's own lines: instructions (7: (79) r0 = ...), register states, branches, source.
+_LOG_BODY = re.compile(r"^(?:\d+: |from \d+ to \d+: |; )")
+
+
+def _refusal(log: list[str]) -> list[str]:
+    """Why the verifier stopped: its lines after the last instruction, state or source line it
+    printed, up to its summary (processed N insns)."""
+    end = next((i for i in range(len(log) - 1, -1, -1) if log[i].startswith("processed ")), None)
+    end = len(log) if end is None else end
+    start = end
+    while start > 0 and not _LOG_BODY.match(log[start - 1]):
+        start -= 1
+    return log[start:end]
 
 
 def explain_verifier_error(stderr: str, exc: Exception) -> str:
+    """The log's last lines, and what the refusal means where a hint knows; a hint is
+    matched against the refusal alone (and the exception's text), never the lines before."""
     log = [line for line in stderr.splitlines() if line.strip()]
     tail = log[-12:]
+    refusal = "\n".join([*_refusal(log), str(exc)])
     hint = ""
     for pattern, meaning in _VERIFIER_HINTS:
-        if re.search(pattern, stderr):
+        m = re.search(pattern, refusal)
+        if m:
+            if callable(meaning):
+                meaning = meaning(m, stderr, exc)
             hint = f"\nwhat it means: {meaning}"
             break
     body = "\n".join("  " + line for line in tail) if tail else f"  {exc}"
