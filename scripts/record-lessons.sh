@@ -63,6 +63,9 @@ stamp="$out/.started"
 touch "$stamp"
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$out"' EXIT
 export PATH="$PWD/.venv/bin:$PATH"
+# A home that cannot be written (root's, read-only in the VM guest) makes matplotlib warn with paths of
+# this machine in the saved outputs: give it a folder of its own.
+[ -w "${HOME:-/nonexistent}" ] || export MPLCONFIGDIR="$out/matplotlib"
 
 failed=()
 folders=()
