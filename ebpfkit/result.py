@@ -9,7 +9,7 @@ from . import plots, recordfile
 from .cpus import online_cpus
 from .errors import BadArguments
 
-# What a skipped run of the workload scope's own programs (program.SCOPE_PROBES, SCOPE_RAW_PROBES) means.
+# What a skipped run of the workload scope's own programs (program.SCOPE_*PROBES) means.
 _SCOPE_MISSES = {
     "__ebpfkit_fork": "the workload scope's fork tracker: processes started then are not "
     "in the scope, and their events are missing",
