@@ -218,7 +218,8 @@ def test_the_course_replayed_gives_every_lesson_a_page_with_its_plots(course):
         # drawn in the folds, are not among the saved ones.
         outside = re.sub(r'<details class="ebpfkit-solution">.*?</details>', "", page, flags=re.S)
         assert len(IMG.findall(outside)) == _saved_plots(lesson.notebook), lesson.notebook.name
-        sources = "".join(c.source for c in nbformat.read(lesson.notebook, as_version=4).cells)
+        cells = nbformat.read(lesson.notebook, as_version=4).cells
+        sources = "".join(c.source for c in cells if c.cell_type == "code")  # not the prose
         if "--recording" in sources:
             assert "RECORDING made on" in page, lesson.notebook.name
     index = made.index.read_text()
