@@ -8,10 +8,9 @@ workload's calls exactly and none of the decoy's.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
-from helpers import bpf, needs_root
+from helpers import bpf, forking_getppid_workload, getppid_decoy, needs_root
 
 from ebpfkit.errors import BadArguments
 from ebpfkit.session import Run
@@ -33,28 +32,14 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
 
 
 def _forking_workload(loop: str) -> tuple[str, int]:
-    """A shell whose children and grandchildren (some in the background, some started
-    late) call getppid() under the name ``scoped``; and the total they make."""
-    cmd = (
-        f"{loop} scoped 100; "
-        f"( {loop} scoped 200; ( {loop} scoped 300 ) ); "
-        f"sh -c '{loop} scoped 400 & {loop} scoped 500 & wait'; "
-        f"sleep 0.2; {loop} scoped 600"
-    )
-    return cmd, 100 + 200 + 300 + 400 + 500 + 600
+    return forking_getppid_workload(loop, "scoped")
 
 
 @pytest.fixture
 def decoy(getppid_loop):
     """The same calls under the same name, all through the trace, outside the workload."""
-    proc = subprocess.Popen(
-        ["/bin/sh", "-c", f"while :; do {getppid_loop} scoped 1000; done"],
-        start_new_session=True,
-    )
-    yield proc
-    proc.kill()
-    subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
-    proc.wait()
+    with getppid_decoy(getppid_loop, "scoped") as proc:
+        yield proc
 
 
 def _probes_held() -> int:
